@@ -1,0 +1,68 @@
+"""One messaging API over Pub/Sub and Kafka; which broker is configuration (``BROKER``), not code.
+
+    from common.messaging import make_publisher, make_listener
+
+    with make_publisher(settings) as publisher:
+        publisher.publish(settings.results_topic, {"request_id": "r-1", ...}).result(timeout=10)
+
+    listener = make_listener(settings, source)  # Pub/Sub: subscription name; Kafka: topic name
+    listener.listen(handle)                     # ack / commit only after handle() returned
+
+Each broker lives in its own package with the same file names (``publisher``, ``listener``,
+``admin``) and is imported only when chosen, so a Pub/Sub deployment never imports kafka-python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.messaging.base import (
+    CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    BasicListener,
+    BasicPublisher,
+    Message,
+    MessageCallback,
+    Payload,
+)
+from common.settings import Settings
+
+__all__ = [
+    "CONTENT_TYPE",
+    "JSON_CONTENT_TYPE",
+    "BasicListener",
+    "BasicPublisher",
+    "Message",
+    "MessageCallback",
+    "Payload",
+    "make_listener",
+    "make_publisher",
+]
+
+
+def make_publisher(settings: Settings, **options: Any) -> BasicPublisher:
+    """The publisher for ``settings.broker``; ``options`` go to the broker's constructor."""
+    options.setdefault("publish_timeout_s", settings.publish_timeout_s)
+    if settings.broker == "kafka":
+        from common.messaging.kafka.publisher import KafkaPublisher
+
+        return KafkaPublisher(settings.kafka_bootstrap_servers, **options)
+    from common.messaging.pubsub.publisher import PubSubPublisher
+
+    return PubSubPublisher(settings.project_id, **options)
+
+
+def make_listener(settings: Settings, source: str, **options: Any) -> BasicListener:
+    """The listener for ``settings.broker`` reading ``source``.
+
+    ``source`` is a subscription name for Pub/Sub and a topic name for Kafka, where the consumer
+    joins the group ``settings.kafka_group_id`` unless ``group_id`` is passed in ``options``.
+    """
+    if settings.broker == "kafka":
+        from common.messaging.kafka.listener import KafkaListener
+
+        options.setdefault("group_id", settings.kafka_group_id)
+        return KafkaListener(settings.kafka_bootstrap_servers, source, **options)
+    from common.messaging.pubsub.listener import PubSubListener
+
+    return PubSubListener(settings.project_id, source, **options)
