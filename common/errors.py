@@ -15,12 +15,21 @@ class PipelineError(Exception):
 
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, index: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        index: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.index = index
+        # The request this error answers, when it is known; the errors topic message carries it.
+        self.request_id = request_id
 
     def to_dict(self) -> dict[str, Any]:
         """The ``error`` object of the error message contract."""

@@ -1,0 +1,1 @@
+"""JSON Schemas of the message contract (request, result, error), versioned by file name."""
