@@ -1,0 +1,1 @@
+"""Google Cloud Pub/Sub implementation of the messaging API (publisher, listener, admin)."""
