@@ -36,3 +36,11 @@ def test_every_field_has_exactly_one_environment_variable() -> None:
 def test_wrong_values_fail_at_start_up_naming_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigurationError, match=names):
         Settings.from_env(env)
+
+
+def test_readme_documents_every_environment_variable() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    missing = [name for name in ENV_VARS.values() if f"`{name}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
