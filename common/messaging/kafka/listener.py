@@ -1,0 +1,275 @@
+"""Kafka listener: a consumer-group member that commits offsets only after the callback returned.
+
+Auto-commit is off. After a callback raises, the consumer seeks back to the failed record and commits
+nothing past it, so that record (and everything after it in its partition) is delivered again, in
+order. ``listen_batch`` is the micro-batching form the predict adapter uses: one callback per batch
+of at most ``max_records`` records gathered for at most ``max_wait_ms``, one commit after it.
+
+A batch callback must finish within ``max_poll_interval_ms`` (default 5 minutes), or the group
+considers this member dead and gives its partitions to another; batches are bounded by
+``max_records`` for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka import errors as kerr
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from common.errors import BrokerUnavailable
+from common.messaging.base import BasicListener, Message, MessageCallback
+
+log = logging.getLogger(__name__)
+
+BatchCallback = Callable[[list[Message]], None]
+
+
+def to_message(record: Any, delivery_attempt: int) -> Message:
+    """The broker-independent view of a ``ConsumerRecord``."""
+    return Message(
+        data=bytes(record.value) if record.value is not None else b"",
+        attributes={k: v.decode("utf-8", errors="replace") for k, v in (record.headers or [])},
+        key=record.key.decode("utf-8", errors="replace") if record.key is not None else None,
+        message_id=f"{record.topic}:{record.partition}:{record.offset}",
+        delivery_attempt=delivery_attempt,
+        raw=record,
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Keeps the listener's view of its partitions current and forgets state of revoked ones."""
+
+    def __init__(self, listener: KafkaListener) -> None:
+        self._listener = listener
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._listener._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._listener._on_assigned(set(assigned))
+
+
+class KafkaListener(BasicListener):
+    """Consumes one topic as a member of ``group_id``; at-least-once, in order within a partition."""
+
+    broker = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        group_id: str,
+        auto_offset_reset: str = "earliest",
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
+        max_poll_interval_ms: int = 300_000,
+        max_poll_records: int = 500,
+        poll_timeout_ms: int = 200,
+        retry_backoff_s: float = 0.2,
+        max_retry_backoff_s: float = 5.0,
+        startup_timeout_s: float = 30.0,
+        **consumer_options: Any,
+    ) -> None:
+        super().__init__(topic)
+        self.topic = topic
+        self.group_id = group_id
+        self.poll_timeout_ms = poll_timeout_ms
+        self.retry_backoff_s = retry_backoff_s
+        self.max_retry_backoff_s = max_retry_backoff_s
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers.split(","),
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": auto_offset_reset,
+            "session_timeout_ms": session_timeout_ms,
+            "heartbeat_interval_ms": heartbeat_interval_ms,
+            "max_poll_interval_ms": max_poll_interval_ms,
+            "max_poll_records": max_poll_records,
+            "bootstrap_timeout_ms": int(startup_timeout_s * 1000),
+            "reconnect_backoff_max_ms": 1000,
+        }
+        config.update(consumer_options)
+        try:
+            self._consumer = KafkaConsumer(**config)
+        except kerr.KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from exc
+        self._lock = threading.Lock()
+        self._assigned: set[TopicPartition] = set()
+        self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        self._failures = 0
+        self._subscribed = False
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions this member owns now (a copy; updated at each rebalance)."""
+        with self._lock:
+            return set(self._assigned)
+
+    def listen_batch(
+        self,
+        callback: BatchCallback,
+        max_records: int = 256,
+        max_wait_ms: int = 50,
+        *,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        """Call ``callback`` with up to ``max_records`` messages gathered for up to ``max_wait_ms``.
+
+        Offsets of the batch are committed only after ``callback`` returned (so it must wait for its
+        own produce acknowledgements first); if it raises, every partition in the batch is rewound
+        to its first record in the batch and the batch is delivered again.
+        """
+        if max_records < 1 or max_wait_ms < 0:
+            raise ValueError("max_records must be >= 1 and max_wait_ms >= 0")
+        self._stop.clear()
+        self._ready.clear()
+        should_stop = self._should_stop(stop_event)
+        self._subscribe()
+        try:
+            while not should_stop():
+                batch = self._gather(max_records, max_wait_ms, should_stop)
+                if batch:
+                    self._run_batch(callback, batch)
+        finally:
+            self._ready.clear()
+
+    # -- single-message loop ---------------------------------------------------------------------
+
+    def _listen(self, callback: MessageCallback, should_stop: Callable[[], bool]) -> None:
+        self._subscribe()
+        while not should_stop():
+            polled = self._poll(self.poll_timeout_ms, None)
+            done: dict[TopicPartition, int] = {}
+            failed = False
+            for tp, records in polled.items():
+                for record in records:
+                    if should_stop() or failed:
+                        # Not handed to the callback: rewind so a later listen() sees it again.
+                        self._consumer.seek(tp, record.offset)
+                        break
+                    try:
+                        callback(to_message(record, self._attempt(tp, record.offset)))
+                    except Exception:
+                        log.warning("callback failed for %s:%s:%s; it will be delivered again",
+                                    tp.topic, tp.partition, record.offset, exc_info=True)
+                        self._consumer.seek(tp, record.offset)
+                        failed = True
+                        break
+                    self._attempts.pop((tp, record.offset), None)
+                    done[tp] = record.offset + 1
+            self._commit(done)
+            self._backoff(failed)
+
+    # -- batch loop ------------------------------------------------------------------------------
+
+    def _gather(
+        self, max_records: int, max_wait_ms: int, should_stop: Callable[[], bool]
+    ) -> list[tuple[TopicPartition, Any]]:
+        batch: list[tuple[TopicPartition, Any]] = []
+        deadline: float | None = None
+        while len(batch) < max_records and not should_stop():
+            if deadline is None:
+                timeout_ms = self.poll_timeout_ms
+            else:
+                timeout_ms = int((deadline - time.monotonic()) * 1000)
+                if timeout_ms <= 0:
+                    break
+            polled = self._poll(timeout_ms, max_records - len(batch))
+            for tp, records in polled.items():
+                batch.extend((tp, r) for r in records)
+            if batch and deadline is None:
+                deadline = time.monotonic() + max_wait_ms / 1000
+            if not batch and deadline is None:
+                return batch  # idle: let the caller check should_stop
+            # A rebalance inside poll() may have taken partitions away: their records now belong to
+            # another member, which will get them from the last committed offset.
+            owned = self.assignment()
+            batch = [(tp, r) for tp, r in batch if tp in owned]
+        return batch
+
+    def _run_batch(self, callback: BatchCallback, batch: list[tuple[TopicPartition, Any]]) -> None:
+        messages = [to_message(r, self._attempt(tp, r.offset)) for tp, r in batch]
+        try:
+            callback(messages)
+        except Exception:
+            log.warning("batch callback failed for %d records; they will be delivered again", len(batch),
+                        exc_info=True)
+            first: dict[TopicPartition, int] = {}
+            for tp, r in batch:
+                first[tp] = min(first.get(tp, r.offset), r.offset)
+            for tp, offset in first.items():
+                self._consumer.seek(tp, offset)
+            self._backoff(True)
+            return
+        done: dict[TopicPartition, int] = {}
+        for tp, r in batch:
+            self._attempts.pop((tp, r.offset), None)
+            done[tp] = max(done.get(tp, 0), r.offset + 1)
+        self._commit(done)
+        self._backoff(False)
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        if not self._subscribed:
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            self._subscribed = True
+
+    def _poll(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Any]]:
+        polled: dict[TopicPartition, list[Any]] = self._consumer.poll(
+            timeout_ms=timeout_ms, max_records=max_records
+        )
+        return polled
+
+    def _attempt(self, tp: TopicPartition, offset: int) -> int:
+        """Count deliveries of one record by this member (Kafka itself keeps no such counter)."""
+        n = self._attempts.get((tp, offset), 0) + 1
+        self._attempts[(tp, offset)] = n
+        return n
+
+    def _commit(self, done: dict[TopicPartition, int]) -> None:
+        owned = self.assignment()
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in done.items() if tp in owned}
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except kerr.CommitFailedError:
+            # The group rebalanced under us; the new owner re-reads from the last committed
+            # offset, so these records are delivered again (at-least-once), never lost.
+            log.warning("commit of %s failed after a rebalance; records will be redelivered", offsets)
+
+    def _backoff(self, failed: bool) -> None:
+        """Wait a little longer after each consecutive callback failure, reset on success."""
+        if not failed:
+            self._failures = 0
+            return
+        self._failures += 1
+        delay = min(self.retry_backoff_s * 2 ** (self._failures - 1), self.max_retry_backoff_s)
+        self._stop.wait(delay)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        with self._lock:
+            # Union: eager assignors revoke everything first; cooperative ones pass only the delta.
+            self._assigned |= assigned
+        self._ready.set()
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        with self._lock:
+            self._assigned -= revoked
+        self._attempts = {k: v for k, v in self._attempts.items() if k[0] not in revoked}
+
+    def _close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except kerr.KafkaError:
+            log.debug("KafkaConsumer.close failed", exc_info=True)
