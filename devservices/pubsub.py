@@ -1,0 +1,103 @@
+"""The Google Cloud Pub/Sub emulator, started through ``gcloud beta emulators pubsub start``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from devservices._base import Service
+from devservices._proc import ManagedProcess, ServiceError, free_port, require_free_port, wait_until
+
+DEFAULT_PROJECT = "local-project"
+APT_PACKAGE = "google-cloud-cli-pubsub-emulator"
+
+
+def gcloud_path() -> str | None:
+    """Where ``gcloud`` is, or None."""
+    return shutil.which("gcloud")
+
+
+def emulator_installed() -> bool:
+    """True when the SDK has the pubsub-emulator component (apt package or ``gcloud components``)."""
+    gcloud = gcloud_path()
+    if gcloud is None:
+        return False
+    sdk_root = Path(gcloud).resolve().parent.parent
+    return (sdk_root / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator").exists()
+
+
+def check_prerequisites() -> None:
+    """Raise ServiceError naming what is missing and the command that installs it."""
+    if gcloud_path() is None:
+        raise ServiceError("pubsub: `gcloud` is not on PATH; install the Google Cloud CLI (apt: google-cloud-cli).")
+    if shutil.which("java") is None:
+        raise ServiceError("pubsub: the emulator needs Java (11+) on PATH; apt-get install openjdk-17-jre-headless.")
+    if not emulator_installed():
+        raise ServiceError(
+            "pubsub: the gcloud pubsub-emulator component is missing; run `python -m devservices install` "
+            f"(apt-get install {APT_PACKAGE}, or `gcloud components install pubsub-emulator`)."
+        )
+
+
+class PubSubEmulator(Service):
+    """A Pub/Sub emulator on loopback. ``host`` is what PUBSUB_EMULATOR_HOST must be set to."""
+
+    name = "pubsub"
+
+    def __init__(self, port: int = 0, project: str = DEFAULT_PROJECT, host: str = "127.0.0.1",
+                 timeout: float = 60.0, work_dir: Path | None = None) -> None:
+        super().__init__(work_dir)
+        self.bind_host = host
+        self.port = port or free_port(host)
+        self.project = project
+        self.timeout = timeout
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, the form PUBSUB_EMULATOR_HOST takes."""
+        return f"{self.bind_host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}/"
+
+    def env(self) -> dict[str, str]:
+        # The last two let `gcloud pubsub ...` itself talk to the emulator.
+        return {
+            "PUBSUB_EMULATOR_HOST": self.host,
+            "PUBSUB_PROJECT_ID": self.project,
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": self.endpoint,
+            "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true",
+        }
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _launch(self) -> None:
+        check_prerequisites()
+        require_free_port(self.port, "pubsub", self.bind_host)
+        data_dir = self.work_dir / "data"
+        data_dir.mkdir(exist_ok=True)
+        argv = [
+            str(gcloud_path()), "beta", "emulators", "pubsub", "start",
+            f"--host-port={self.host}", f"--project={self.project}", f"--data-dir={data_dir}",
+            "--quiet", "--verbosity=warning",
+        ]
+        env = dict(os.environ)
+        env["CLOUDSDK_CORE_DISABLE_PROMPTS"] = "1"
+        env.pop("PUBSUB_EMULATOR_HOST", None)
+        self.proc = ManagedProcess("pubsub emulator", argv, self.log_path, env=env, cwd=self.work_dir)
+        self.proc.start()
+        wait_until(self._answers, timeout=self.timeout, proc=self.proc, what=f"answering HTTP on {self.host}")
+
+
+def start_pubsub(port: int = 0, project: str = DEFAULT_PROJECT, timeout: float = 60.0) -> PubSubEmulator:
+    """Start a Pub/Sub emulator (any free port when ``port`` is 0) and wait until it answers."""
+    return PubSubEmulator(port=port, project=project, timeout=timeout).start()
