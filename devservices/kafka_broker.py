@@ -154,8 +154,14 @@ def install_jars(verbose: bool = False) -> bool:
 
 
 def new_cluster_id() -> str:
-    """A cluster id in Kafka's own format (a random UUID, URL-safe base64, no padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id in Kafka's own format (a random UUID, URL-safe base64, no padding).
+
+    Like Kafka's ``Uuid.randomUuid`` it never starts with ``-``, which a command line would take for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaBroker(Service):
@@ -230,8 +236,8 @@ class KafkaBroker(Service):
     def _format_storage(self, java: str) -> None:
         if (self.data_dir / "meta.properties").exists():
             return  # a restart: keep the data
-        argv = self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(),
-                          "-c", str(self.config_path), heap="256m")
+        argv = self._java(java, "kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}",
+                          f"--config={self.config_path}", heap="256m")
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         with open(self.log_path, "a") as log:
             log.write(result.stdout + result.stderr)
