@@ -103,6 +103,9 @@ def tiny_model_dir(steps: int = 400) -> Path:
         tmp.rename(dest)
     except OSError:  # another process finished first; theirs is as good
         shutil.rmtree(tmp, ignore_errors=True)
+    for old in CACHE_ROOT.glob("tiny-model-*"):  # models of earlier recipes are never used again
+        if old.is_dir() and old.name.split("-")[2] != _recipe_hash():
+            shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
