@@ -169,7 +169,8 @@ def _write_zip(folder: Path, target: Path) -> None:
     """Zip ``folder`` reproducibly: sorted entries, fixed date, fixed permissions, fixed compression."""
     tmp = target.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for rel in _files(folder):
+        # The folder was built from scratch by package_function, so everything in it ships.
+        for rel in sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file()):
             info = zipfile.ZipInfo(rel.as_posix(), date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16
