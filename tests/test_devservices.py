@@ -214,3 +214,22 @@ def test_kafka_cleanup_removes_its_data() -> None:
     assert _group_gone(pgid)
     assert not port_in_use(broker.port)
     assert not broker.work_dir.exists()
+
+
+# -- compose.yaml (Docker cannot run here: check only that it parses and agrees with devservices) ----
+
+def test_compose_file_matches_the_devservices_ports() -> None:
+    yaml = pytest.importorskip("yaml")
+    from devservices.__main__ import _parser
+
+    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "compose.yaml").read_text())
+    defaults = _parser().parse_args(["up"])
+    published = {name: svc["ports"][0] for name, svc in compose["services"].items()}
+    assert published == {
+        "kafka": f"127.0.0.1:{defaults.kafka_port}:9092",
+        "pubsub": f"127.0.0.1:{defaults.pubsub_port}:8085",
+        "gcs": f"127.0.0.1:{defaults.gcs_port}:9023",
+    }
+    kafka_env = compose["services"]["kafka"]["environment"]
+    assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka_env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://127.0.0.1:{defaults.kafka_port}"
