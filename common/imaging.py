@@ -13,8 +13,9 @@ Two jobs, kept apart so each can be tested alone:
 
 Error codes (stable, they reach the errors topic):
 
-* ``payload_too_large`` (:class:`~common.errors.PayloadTooLarge`): more bytes than ``max_bytes``,
-  or a header declaring a side longer than ``max_side``. The image is refused before decoding.
+* ``payload_too_large`` (:class:`~common.errors.PayloadTooLarge`): more bytes than ``max_bytes``.
+* ``image_too_large`` (:class:`~common.errors.PayloadTooLarge` with that code): the header declares
+  a side longer than ``max_side``. The image is refused before any pixel is decoded.
 * ``invalid_image`` (:class:`~common.errors.InvalidImage`): not PNG or JPEG, a header that cannot be
   read, a zero dimension, or a body that does not decode (truncated or corrupt files).
 """
@@ -122,7 +123,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_side: int, min_side: int | 
     if width == 0 or height == 0:
         raise InvalidImage(f"image header declares a zero dimension ({width}x{height})")
     if width > max_side or height > max_side:
-        raise PayloadTooLarge(f"image is {width}x{height} pixels, the limit is {max_side} per side")
+        raise PayloadTooLarge(f"image is {width}x{height} pixels, the limit is {max_side} per side",
+                              code="image_too_large")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         if fmt == "jpeg":

@@ -122,8 +122,9 @@ def read_gcs_object(
     """Read at most ``max_bytes`` of a Cloud Storage object (an image of a request).
 
     A ranged read fetches one byte more than allowed, so an oversized object is refused without
-    downloading it. Missing objects are :class:`InvalidImage`; objects the service may not read are
-    :class:`ForbiddenSource`; an unreachable service is :class:`StorageUnavailable`.
+    downloading it. Missing objects are :class:`InvalidImage` (``image_not_found``); objects the
+    service may not read are :class:`ForbiddenSource`; an unreachable service is
+    :class:`StorageUnavailable`.
     """
     from google.api_core import exceptions as gexc
 
@@ -135,7 +136,7 @@ def read_gcs_object(
         data = blob.download_as_bytes(start=0, end=max_bytes, timeout=timeout_s,
                                       retry=_storage_retry(retry_deadline_s))
     except gexc.NotFound as exc:
-        raise InvalidImage(f"{uri} does not exist") from exc
+        raise InvalidImage(f"{uri} does not exist", code="image_not_found") from exc
     except gexc.Forbidden as exc:
         raise ForbiddenSource(f"the service may not read {uri}") from exc
     except gexc.RequestRangeNotSatisfiable as exc:  # an empty object

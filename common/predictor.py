@@ -5,7 +5,8 @@ Accepted inputs (``predict``):
 * a NumPy array ``n x 28 x 28 x 1``, ``n x 28 x 28`` or ``n x 784``, or one image ``28 x 28`` or ``784``;
 * a list of instances, each one of: a nested list / array ``28 x 28``, ``28 x 28 x 1`` or flat
   ``784``; encoded PNG/JPEG ``bytes``; a ``gs://bucket/object`` URI (only buckets on
-  ``ALLOWED_BUCKETS``); or the contract's objects ``{"b64": ...}`` / ``{"gcs_uri": ...}``.
+  ``ALLOWED_BUCKETS``); the JSON objects ``{"b64": ...}`` / ``{"gcs_uri": ...}``; or the typed
+  instances of :class:`common.contract.PredictRequest` (arrays, ``EncodedImage``, ``GcsImage``).
 
 Local file paths are refused here (:class:`~common.errors.ForbiddenSource`): a message must never
 make the service read a local file. The command line uses :meth:`FMPredictor.predict_files`.
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import EncodedImage, GcsImage
 from common.errors import (
     ForbiddenSource,
     InvalidImage,
@@ -51,7 +53,7 @@ Prediction = dict[str, Any]
 
 def _at(index: int, exc: PipelineError) -> PipelineError:
     """The same error, re-raised with the instance index in its field and its message."""
-    return type(exc)(f"instance {index}: {exc.message}", code=exc.code, index=index)
+    return type(exc)(f"instance {index}: {exc.message}", code=exc.code, index=index, request_id=exc.request_id)
 
 
 class FMPredictor:
@@ -163,7 +165,8 @@ class FMPredictor:
             arr = arr.reshape(-1, SIDE, SIDE)
         else:
             raise InvalidRequest(
-                f"array of shape {shape}: expected n x 28 x 28 x 1, n x 28 x 28, n x 784, 28 x 28 or 784")
+                f"array of shape {shape}: expected n x 28 x 28 x 1, n x 28 x 28, n x 784, 28 x 28 or 784",
+                code="invalid_shape")
         if arr.shape[0] > self.settings.max_images_per_request:
             raise PayloadTooLarge(
                 f"{arr.shape[0]} images in one request, the limit is {self.settings.max_images_per_request}")
@@ -179,6 +182,10 @@ class FMPredictor:
         for i, item in enumerate(items):
             if isinstance(item, dict):
                 item = self._unwrap(item, i)
+            elif isinstance(item, EncodedImage):
+                item = item.data
+            elif isinstance(item, GcsImage):
+                item = item.uri
             if isinstance(item, str):
                 if not item.startswith("gs://"):
                     raise ForbiddenSource(f"instance {i}: only gs:// URIs may name an image; local paths are "
@@ -200,7 +207,8 @@ class FMPredictor:
             try:
                 return base64.b64decode(item["b64"], validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise InvalidImage(f"instance {i}: b64 is not valid base64", index=i) from exc
+                raise InvalidImage(f"instance {i}: b64 is not valid base64", code="invalid_base64",
+                                   index=i) from exc
         if set(item) == {"gcs_uri"} and isinstance(item["gcs_uri"], str):
             if not item["gcs_uri"].startswith("gs://"):
                 raise ForbiddenSource(f"instance {i}: gcs_uri must start with gs://", index=i)
@@ -246,10 +254,12 @@ class FMPredictor:
         try:
             arr = np.asarray(item)
         except (ValueError, TypeError) as exc:  # ragged nested lists
-            raise InvalidImage(f"instance {i}: not a rectangular array of numbers", index=i) from exc
+            raise InvalidImage(f"instance {i}: not a rectangular array of numbers", code="invalid_shape",
+                               index=i) from exc
         if arr.shape in ((PIXELS,), (SIDE, SIDE), (SIDE, SIDE, 1)):
             return self._scaled(arr.reshape(SIDE, SIDE), i)
-        raise InvalidImage(f"instance {i}: shape {arr.shape}, expected 28 x 28, 28 x 28 x 1 or 784", index=i)
+        raise InvalidImage(f"instance {i}: shape {arr.shape}, expected 28 x 28, 28 x 28 x 1 or 784",
+                           code="invalid_shape", index=i)
 
     @staticmethod
     def _scaled(img: np.ndarray, i: int) -> np.ndarray:
@@ -257,15 +267,19 @@ class FMPredictor:
         if img.dtype == np.uint8:
             return img
         if img.dtype == bool or not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
-            raise InvalidImage(f"instance {i}: pixel values must be numbers, got {img.dtype}", index=i)
+            raise InvalidImage(f"instance {i}: pixel values must be numbers, got {img.dtype}", code="invalid_values",
+                               index=i)
         values = img.astype(np.float64)
         if not np.isfinite(values).all():
-            raise InvalidImage(f"instance {i}: pixel values must be finite (found NaN or inf)", index=i)
+            raise InvalidImage(f"instance {i}: pixel values must be finite (found NaN or inf)",
+                               code="invalid_values", index=i)
         low, high = float(values.min()), float(values.max())
         if low < 0:
-            raise InvalidImage(f"instance {i}: pixel values must not be negative (found {low:g})", index=i)
+            raise InvalidImage(f"instance {i}: pixel values must not be negative (found {low:g})",
+                               code="invalid_values", index=i)
         if high > 255:
-            raise InvalidImage(f"instance {i}: pixel values must be at most 255 (found {high:g})", index=i)
+            raise InvalidImage(f"instance {i}: pixel values must be at most 255 (found {high:g})",
+                               code="invalid_values", index=i)
         if high <= 1.0:
             values = values * 255.0
         return np.rint(values).astype(np.uint8)

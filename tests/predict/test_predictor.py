@@ -12,6 +12,7 @@ import pytest
 from fm_support import ALLOWED_BUCKET, make_settings
 from fm_synth import encode, photo_of
 
+from common.contract import parse_request
 from common.errors import ForbiddenSource, InvalidImage, InvalidRequest, PayloadTooLarge, PipelineError
 from common.predictor import FMPredictor
 
@@ -112,6 +113,21 @@ def test_mixed_instances_in_one_request(predictor: FMPredictor, fashion_test: tu
     assert preds[5]["class_id"] == preds[6]["class_id"] == direct[0]
 
 
+def test_typed_instances_from_the_contract(predictor: FMPredictor, gcs_client: Any,
+                                           fashion_test: tuple[np.ndarray, np.ndarray]) -> None:
+    x = fashion_test[0]
+    bucket = gcs_client.bucket(ALLOWED_BUCKET)
+    if not bucket.exists():
+        gcs_client.create_bucket(ALLOWED_BUCKET)
+    bucket.blob("typed/shirt.png").upload_from_string(encode(x[7], ".png"))
+    body = json.dumps({"request_id": "typed-1", "top_k": 2, "instances": [
+        x[6].tolist(), {"b64": base64.b64encode(encode(x[8], ".png")).decode()},
+        {"gcs_uri": f"gs://{ALLOWED_BUCKET}/typed/shirt.png"}]}).encode()
+    request = parse_request(body, {}, make_settings())
+    preds = predictor.predict(list(request.instances), top_k=request.top_k)
+    assert _ids(preds) == [_ids(predictor.predict(x[i]))[0] for i in (6, 8, 7)]
+
+
 @pytest.mark.parametrize("bad,error,needle", [
     (float("nan"), InvalidImage, "finite"),
     (float("inf"), InvalidImage, "finite"),
@@ -145,7 +161,8 @@ def test_malformed_instances_are_invalid_images_with_index(predictor: FMPredicto
     with pytest.raises(InvalidImage, match=needle) as info:
         predictor.predict([good, instance])
     assert info.value.index == 1
-    assert info.value.to_dict()["index"] == 1 and info.value.code == "invalid_image"
+    assert info.value.to_dict()["index"] == 1
+    assert info.value.code in {"invalid_image", "invalid_shape", "invalid_values", "invalid_base64"}
 
 
 @pytest.mark.parametrize("inputs", [np.zeros((3, 28, 27)), np.zeros((3, 785)), np.zeros((2, 2, 28, 28)), 42])
@@ -197,7 +214,7 @@ def test_gs_uri_errors(predictor: FMPredictor, gcs_client: Any) -> None:
         gcs_client.create_bucket(ALLOWED_BUCKET)
     with pytest.raises(InvalidImage, match="does not exist") as info:
         predictor.predict([np.zeros(784).tolist(), f"gs://{ALLOWED_BUCKET}/missing.png"])
-    assert info.value.index == 1
+    assert info.value.index == 1 and info.value.code == "image_not_found"
     small = FMPredictor(predictor.store, settings=make_settings(max_image_bytes=1000),
                         storage_client=gcs_client)
     bucket.blob("big.png").upload_from_string(encode(
