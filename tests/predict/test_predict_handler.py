@@ -92,7 +92,12 @@ def test_all_images_of_a_batch_go_through_one_model_call(
     model = handler.predictor.load()
     calls: list[int] = []
     real = model.predict_proba
-    monkeypatch.setattr(model, "predict_proba", lambda b: calls.append(len(b)) or real(b))  # spy on the real model
+
+    def spy(batch: np.ndarray) -> np.ndarray:  # counts calls into the real model
+        calls.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(model, "predict_proba", spy)
     envelopes = [_json_envelope({"request_id": f"r-{i}", "instances": fashion_test[0][i : i + 3].tolist()})
                  for i in range(0, 30, 3)]
     outcomes = handler.handle(envelopes)
