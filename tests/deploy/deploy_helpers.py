@@ -237,3 +237,46 @@ def copy_repo_subset(into: Path, *parts: str) -> Path:
         elif src.exists():
             shutil.copy2(src, into / part)
     return into
+
+
+# --- the environment Terraform gives a function, evaluated --------------------------------------
+
+_INTERPOLATION = re.compile(r"\$\{((?:[^{}]|\{[^{}]*\})*)\}")
+
+
+def terraform_env(tf: TerraformConfig, function: str, *, variables: dict[str, Any] | None = None,
+                  known: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment_variables of ``function`` with every variable at its default (or ``variables``).
+
+    Only the expression forms this configuration uses are understood; a new form fails loudly here
+    rather than being guessed. ``known`` gives values of things only a real apply knows (resource
+    attributes such as topic names), keyed by their expression text.
+    """
+    values = {name: body.get("default") for name, body in tf.variables.items()}
+    values.update(variables or {})
+    known = known or {}
+
+    def evaluate(expr: str) -> str:
+        expr = expr.strip()
+        if expr in known:
+            return known[expr]
+        if m := re.fullmatch(r"var\.([a-z0-9_]+)", expr):
+            return str(values[m.group(1)])
+        if m := re.fullmatch(r"tostring\(var\.([a-z0-9_]+)\)", expr):
+            return str(values[m.group(1)])
+        if m := re.fullmatch(r'join\("(.*)", var\.([a-z0-9_]+)\)', expr):
+            return m.group(1).join(values[m.group(2)])
+        if m := re.fullmatch(r"local\.([a-z0-9_]+)", expr):
+            return template(tf.locals[m.group(1)])
+        raise AssertionError(f"deploy_helpers.terraform_env does not understand ${{{expr}}}")
+
+    def template(text: Any) -> str:
+        assert isinstance(text, str), f"not a string expression: {text!r}"
+        return _INTERPOLATION.sub(lambda m: evaluate(m.group(1)), text)
+
+    service = single(tf.resource("google_cloudfunctions2_function", function)["service_config"])
+    env: dict[str, str] = {}
+    for ref in references(service["environment_variables"]):
+        for key, value in tf.locals[ref.removeprefix("local.")].items():
+            env[key] = template(value)
+    return env

@@ -23,7 +23,9 @@ from deploy_helpers import (
     http,
     import_isolated,
     isolated_env,
+    load_terraform,
     serve_package,
+    terraform_env,
     unpack,
 )
 
@@ -197,3 +199,97 @@ def push_body(data: dict[str, Any], message_id: str, subscription: str) -> bytes
                     "messageId": message_id, "publishTime": "2026-11-26T10:00:00.000Z"},
         "subscription": subscription,
     }).encode()
+
+
+def _model_folder() -> Path:
+    """The bundled model Terraform uploads; until it is committed, the predict tests' own tiny model."""
+    bundled = REPO / "models" / "fashion-cnn"
+    if (bundled / "manifest.json").exists():
+        return bundled
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "predict"))
+    try:
+        from fm_tiny_model import tiny_model_dir
+    except ImportError:
+        pytest.skip("no model: models/fashion-cnn is not committed and tests/predict/fm_tiny_model.py is gone")
+    finally:
+        sys.path.remove(str(REPO / "tests" / "predict"))
+    return Path(tiny_model_dir())
+
+
+def _first_test_image() -> list[int]:
+    import gzip
+
+    with gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz") as fh:
+        fh.read(16)  # IDX header
+        return list(fh.read(784))
+
+
+def test_packaged_predict_answers_a_push_delivery_as_terraform_deploys_it(
+    pubsub_emulator: Any, gcs_emulator: Any, tmp_path: Path
+) -> None:
+    """Terraform's setup, locally: the package, the model under the bucket prefix Terraform uploads it
+    to, the environment Terraform sets (variables at their defaults), and the push body the predict
+    subscription sends. A good request yields a result; a poison one an error, acknowledged (2xx),
+    so Pub/Sub neither retries it nor needs the dead-letter topic for it."""
+    _needs("predict")
+    import uuid
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from common.messaging.pubsub.admin import delete_subscription, delete_topic, ensure_subscription, ensure_topic
+
+    tf = load_terraform()
+    project = pubsub_emulator.project
+    run = uuid.uuid4().hex[:8]
+    bucket = f"deploy-models-{run}"
+    topics = {role: f"deploy-{role}-{run}" for role in ("results", "errors")}
+    for topic in topics.values():
+        ensure_topic(project, topic)
+        ensure_subscription(project, topic, f"{topic}-check")
+
+    # Upload the model as Terraform's bundled_model objects do: every file under <bundled_prefix>/.
+    model = _model_folder()
+    client = storage.Client(project=project, credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": gcs_emulator.endpoint})
+    gcs_bucket = client.create_bucket(bucket)
+    prefix = tf.locals["bundled_prefix"]
+    for path in sorted(p for p in model.rglob("*") if p.is_file()):
+        gcs_bucket.blob(f"{prefix}/{path.relative_to(model).as_posix()}").upload_from_filename(str(path))
+    manifest = json.loads((model / "manifest.json").read_text())
+
+    env = terraform_env(tf, "predict", variables={"project": project}, known={
+        "local.model_bucket": bucket,
+        'google_pubsub_topic.topics["results"].name': topics["results"],
+        'google_pubsub_topic.topics["errors"].name': topics["errors"],
+    })
+    assert env["MODEL_URI"] == f"gs://{bucket}/{prefix}"
+    # Local-only: point the clients at the emulators (never set by Terraform).
+    env.update({"PUBSUB_EMULATOR_HOST": pubsub_emulator.host, "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
+                "MODEL_CACHE_DIR": str(tmp_path / "model-cache")})
+    pkg = unpack(package_function("predict", tmp_path / "build"), tmp_path / "unpacked")
+    subscription = f"projects/{project}/subscriptions/fashion-requests-predict"
+    good = {"request_id": "r-deploy-push", "instances": [_first_test_image()]}
+    try:
+        with serve_package(pkg, "predict", isolated_env(env), tmp_path / "predict.log") as url:
+            status, body = http("POST", url, push_body(good, "101", subscription),
+                                {"Content-Type": "application/json"}, timeout=120)
+            assert 200 <= status < 300, body
+            (result,) = _pull(project, f"{topics['results']}-check", 1, timeout=60)
+            status, body = http("POST", url, json.dumps({
+                "message": {"data": base64.b64encode(b"{not json").decode(), "messageId": "102"},
+                "subscription": subscription}).encode(), {"Content-Type": "application/json"})
+            assert 200 <= status < 300, f"a poison message must be acknowledged, got {status}: {body!r}"
+            (error,) = _pull(project, f"{topics['errors']}-check", 1, timeout=60)
+        answer = json.loads(result.data)
+        assert answer["request_id"] == "r-deploy-push"
+        assert answer["model_version"] == manifest["version"]
+        (prediction,) = answer["predictions"]
+        assert prediction["label"] == manifest["class_names"][prediction["class_id"]]
+        assert json.loads(error.data)["error"]["code"] == "invalid_json"
+    finally:
+        for topic in topics.values():
+            delete_subscription(project, f"{topic}-check")
+            delete_topic(project, topic)

@@ -24,6 +24,7 @@ from deploy_helpers import (
     load_terraform,
     references,
     single,
+    terraform_env,
     tool,
 )
 
@@ -147,6 +148,24 @@ def test_function_env_vars_are_ones_the_code_reads(tf: TerraformConfig, name: st
     missing = REQUIRED_ENV[name] - set(env)
     assert not missing, f"{name} lacks {missing}"
     assert env["BROKER"] == "pubsub"
+
+
+KNOWN = {'google_pubsub_topic.topics["requests"].name': "fashion-requests",
+         'google_pubsub_topic.topics["results"].name': "fashion-results",
+         'google_pubsub_topic.topics["errors"].name': "fashion-errors",
+         "local.model_bucket": "my-project-fashion-models"}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_the_deployed_environment_passes_the_code_own_validation(tf: TerraformConfig, name: str) -> None:
+    # Settings.from_env is what a function runs at start-up: a value it refuses would crash every instance.
+    env = terraform_env(tf, name, variables={"project": "my-project", "allowed_buckets": ["shoes", "bags"]},
+                        known=KNOWN)
+    settings = Settings.from_env(env)
+    assert settings.broker == "pubsub" and settings.project_id == "my-project"
+    assert settings.allowed_buckets == ("shoes", "bags")
+    assert settings.model_uri == "gs://my-project-fashion-models/fashion-cnn/bundled"
+    assert settings.max_request_bytes == tf.variables["max_request_bytes"]["default"]
 
 
 def test_no_local_only_variable_is_deployed(tf: TerraformConfig) -> None:
