@@ -252,7 +252,7 @@ def terraform_env(tf: TerraformConfig, function: str, *, variables: dict[str, An
     rather than being guessed. ``known`` gives values of things only a real apply knows (resource
     attributes such as topic names), keyed by their expression text.
     """
-    values = {name: body.get("default") for name, body in tf.variables.items()}
+    values: dict[str, Any] = {name: body.get("default") for name, body in tf.variables.items()}
     values.update(variables or {})
     known = known or {}
 
