@@ -305,3 +305,13 @@ def test_required_apis_are_enabled(tf: TerraformConfig) -> None:
     services = tf.resource("google_project_service", "apis")["for_each"]
     for api in ("cloudfunctions", "run", "cloudbuild", "artifactregistry", "pubsub", "storage", "iam"):
         assert f"{api}.googleapis.com" in services
+
+
+def test_deploy_guide_names_real_outputs_variables_and_commands(tf: TerraformConfig) -> None:
+    guide = (REPO / "docs" / "DEPLOY.md").read_text()
+    outputs = set(re.findall(r"terraform(?: -chdir=terraform)? output -raw ([a-z_]+)", guide))
+    assert outputs and outputs <= set(tf.outputs), f"unknown outputs: {outputs - set(tf.outputs)}"
+    variables = set(re.findall(r"-var ([a-z_]+)=", guide)) | set(re.findall(r"^\| `([a-z_]+)`", guide, re.M))
+    assert variables and variables <= set(tf.variables), f"unknown variables: {variables - set(tf.variables)}"
+    assert "python -m pipeline.packaging --out build/functions" in guide
+    assert "gcloud pubsub topics publish" in guide and "gcloud pubsub subscriptions pull" in guide
