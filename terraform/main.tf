@@ -325,6 +325,20 @@ resource "google_service_account_iam_member" "pubsub_signs_as_trigger" {
   member             = local.pubsub_service_agent
 }
 
+# Cloud Functions copies the source into its own gcf-v2-sources-<number>-<region> bucket and the build
+# fetches it from there, so the build account reads that bucket; the condition keeps it to that bucket.
+resource "google_project_iam_member" "build_reads_staged_sources" {
+  project = var.project
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.build.member
+
+  condition {
+    title       = "gcf-v2-sources bucket only"
+    description = "Function sources staged by Cloud Functions for the build."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-${data.google_project.this.number}-${var.region}\")"
+  }
+}
+
 resource "google_storage_bucket_iam_member" "build_reads_sources" {
   bucket = google_storage_bucket.sources.name
   role   = "roles/storage.objectViewer"
@@ -379,6 +393,7 @@ resource "google_cloudfunctions2_function" "ingest" {
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.build,
+    google_project_iam_member.build_reads_staged_sources,
     google_storage_bucket_iam_member.build_reads_sources,
   ]
 }
@@ -419,6 +434,7 @@ resource "google_cloudfunctions2_function" "predict" {
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.build,
+    google_project_iam_member.build_reads_staged_sources,
     google_storage_bucket_iam_member.build_reads_sources,
     google_storage_bucket_iam_member.predict_reads_models,
   ]

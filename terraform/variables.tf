@@ -276,8 +276,9 @@ variable "ingest_concurrency" {
   default     = 16
 
   validation {
-    condition     = var.ingest_concurrency >= 1 && var.ingest_concurrency <= 1000
-    error_message = "ingest_concurrency must be between 1 and 1000."
+    # Cloud Run serves more than one request per instance only with at least one whole vCPU.
+    condition     = var.ingest_concurrency >= 1 && var.ingest_concurrency <= 1000 && (var.ingest_concurrency == 1 || tonumber(var.ingest_cpu) >= 1)
+    error_message = "ingest_concurrency must be between 1 and 1000, and 1 when ingest_cpu is below 1."
   }
 }
 
@@ -344,8 +345,9 @@ variable "predict_concurrency" {
   default     = 1
 
   validation {
-    condition     = var.predict_concurrency >= 1 && var.predict_concurrency <= 1000
-    error_message = "predict_concurrency must be between 1 and 1000."
+    # Cloud Run serves more than one request per instance only with at least one whole vCPU.
+    condition     = var.predict_concurrency >= 1 && var.predict_concurrency <= 1000 && (var.predict_concurrency == 1 || tonumber(var.predict_cpu) >= 1)
+    error_message = "predict_concurrency must be between 1 and 1000, and 1 when predict_cpu is below 1."
   }
 }
 
