@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,9 +83,10 @@ def test_pubsub_emulator_publishes_and_pulls(pubsub_emulator: Any) -> None:
         subscriber.close()
 
 
-def test_pubsub_emulator_stops_with_its_java_child() -> None:
+@pytest.mark.parametrize("launcher", ["direct", "gcloud"])
+def test_pubsub_emulator_stops_with_its_java_child(launcher: str) -> None:
     # gcloud starts the emulator as a Java child that outlives gcloud if only gcloud is stopped.
-    with PubSubEmulator() as emulator:
+    with PubSubEmulator(launcher=launcher) as emulator:
         pgid = _pgid(emulator)
         port = emulator.port
         assert any("java" in c for c in _processes_mentioning(f"--port={port}"))
@@ -126,6 +129,36 @@ def test_start_on_a_busy_port_says_so() -> None:
         with pytest.raises(ServiceError, match=f"port 127.0.0.1:{port} is already in use"):
             emulator.start()
         emulator.cleanup()
+
+
+def test_services_die_with_a_crashed_test_run(tmp_path: Path) -> None:
+    # A test session killed with SIGKILL runs no finalizer; its emulators must not outlive it.
+    script = (
+        "import sys, time\n"
+        "from devservices import PubSubEmulator, StorageEmulator\n"
+        "services = [PubSubEmulator().start(), StorageEmulator().start()]\n"
+        "print(' '.join(str(s.port) for s in services), flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": root}, cwd=root)
+    try:
+        assert child.stdout is not None
+        ports = [int(p) for p in child.stdout.readline().split()]
+        assert len(ports) == 2 and all(port_in_use(p) for p in ports)
+    finally:
+        child.kill()
+        child.wait()
+
+    def leftovers() -> list[str]:
+        busy = [f"port {p}" for p in ports if port_in_use(p)]
+        return busy + _processes_mentioning(f"--port={ports[0]}")
+
+    deadline = time.monotonic() + 30
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers() == []
 
 
 def test_a_service_that_dies_at_start_reports_its_log(tmp_path: Path) -> None:
