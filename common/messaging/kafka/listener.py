@@ -23,7 +23,7 @@ from kafka import errors as kerr
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from common.errors import BrokerUnavailable
+from common.errors import BrokerUnavailable, ConfigurationError
 from common.messaging.base import BasicListener, Message, MessageCallback
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class KafkaListener(BasicListener):
         self.poll_timeout_ms = poll_timeout_ms
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
+        self.startup_timeout_s = startup_timeout_s
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers.split(","),
             "group_id": group_id,
@@ -95,6 +96,8 @@ class KafkaListener(BasicListener):
             "max_poll_records": max_poll_records,
             "bootstrap_timeout_ms": int(startup_timeout_s * 1000),
             "reconnect_backoff_max_ms": 1000,
+            # A missing topic is a configuration error here, not something to create by reading it.
+            "allow_auto_create_topics": False,
         }
         config.update(consumer_options)
         try:
@@ -141,11 +144,18 @@ class KafkaListener(BasicListener):
                     self._run_batch(callback, batch)
         finally:
             self._ready.clear()
+            self._unsubscribe()
 
     # -- single-message loop ---------------------------------------------------------------------
 
     def _listen(self, callback: MessageCallback, should_stop: Callable[[], bool]) -> None:
         self._subscribe()
+        try:
+            self._listen_loop(callback, should_stop)
+        finally:
+            self._unsubscribe()
+
+    def _listen_loop(self, callback: MessageCallback, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
             polled = self._poll(self.poll_timeout_ms, None)
             done: dict[TopicPartition, int] = {}
@@ -220,9 +230,31 @@ class KafkaListener(BasicListener):
     # -- shared ----------------------------------------------------------------------------------
 
     def _subscribe(self) -> None:
+        if self._subscribed:
+            return
+        # Join only once the topic's partitions are known: a group that forms before the metadata of a
+        # just-created topic arrives assigns nothing and idles until the next metadata refresh (5 min).
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self._consumer.partitions_for_topic(self.topic):
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"Kafka topic {self.topic!r} does not exist (create it first)")
+            self._stop.wait(0.1)
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self._subscribed = True
+
+    def _unsubscribe(self) -> None:
+        """Leave the group when listening ends, so its partitions move to other members at once
+        instead of waiting for this idle member to time out."""
         if not self._subscribed:
-            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
-            self._subscribed = True
+            return
+        self._subscribed = False
+        try:
+            self._consumer.unsubscribe()
+        except kerr.KafkaError:
+            log.warning("leaving consumer group %s failed", self.group_id, exc_info=True)
+        with self._lock:
+            self._assigned = set()
+        self._attempts.clear()
 
     def _poll(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Any]]:
         polled: dict[TopicPartition, list[Any]] = self._consumer.poll(

@@ -13,6 +13,7 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
@@ -56,6 +57,7 @@ class PubSubListener(BasicListener):
         max_messages: int = 100,
         max_bytes: int = 100 * 1024 * 1024,
         max_lease_duration_s: float = 600.0,
+        lease_extension_s: int = 10,
         max_workers: int | None = None,
         startup_timeout_s: float = 30.0,
         client: pubsub_v1.SubscriberClient | None = None,
@@ -64,7 +66,13 @@ class PubSubListener(BasicListener):
         self.project_id = project_id
         self.path = subscription_path(project_id, subscription)
         self.flow_control = pubsub_v1.types.FlowControl(
-            max_messages=max_messages, max_bytes=max_bytes, max_lease_duration=max_lease_duration_s
+            max_messages=max_messages,
+            max_bytes=max_bytes,
+            max_lease_duration=max_lease_duration_s,
+            # Leases are renewed in steps of this many seconds while a callback runs. It is also how
+            # long a message stays with a stream that died (a stopped listener, a crashed instance)
+            # before it is delivered again: the client library's default is 60 s.
+            max_duration_per_lease_extension=lease_extension_s,
         )
         self.max_workers = max_workers
         self.startup_timeout_s = startup_timeout_s
@@ -113,7 +121,8 @@ class PubSubListener(BasicListener):
     def _check_subscription(self) -> None:
         """Fail at start with a clear error instead of a stream that dies in the background."""
         try:
-            self._client.get_subscription(subscription=self.path, timeout=self.startup_timeout_s)
+            retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=self.startup_timeout_s)
+            self._client.get_subscription(subscription=self.path, retry=retry, timeout=self.startup_timeout_s)
         except gexc.NotFound as exc:
             raise ConfigurationError(f"Pub/Sub subscription {self.path} does not exist") from exc
         except gexc.GoogleAPICallError as exc:
