@@ -262,6 +262,10 @@ class Follower:
 # --- command line ---------------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.results", description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", choices=("pubsub", "kafka"), help="default: BROKER")
@@ -297,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.count and seen >= args.count:
                 done.set()
 
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # SIGTERM stops like Ctrl-C. (Not Event.set() in the handler: it can deadlock with the wait below.)
+    signal.signal(signal.SIGTERM, _interrupt)
     follower = Follower(settings, handle, name=args.name)
     try:
         follower.start()
