@@ -75,13 +75,24 @@ class Kit:
 
 
 @contextlib.contextmanager
-def running(listener: BasicListener, callback: Callable[[Message], None]) -> Iterator[threading.Thread]:
-    """Run ``listener.listen(callback)`` on a thread until the block ends; fail if it does not stop."""
+def running(
+    listener: BasicListener, callback: Callable[[Message], None] | None = None, *,
+    listen: Callable[[], None] | None = None,
+) -> Iterator[threading.Thread]:
+    """Run ``listener.listen(callback)`` (or ``listen()``) on a thread until the block ends.
+
+    Waits until the listener is ready before the block starts; fails if listen() does not return
+    after stop(), and re-raises anything listen() raised.
+    """
     errors: queue.Queue[BaseException] = queue.Queue()
 
     def target() -> None:
         try:
-            listener.listen(callback)
+            if listen is not None:
+                listen()
+            else:
+                assert callback is not None
+                listener.listen(callback)
         except BaseException as exc:
             errors.put(exc)
 
@@ -112,3 +123,12 @@ def collect(q: queue.Queue[Message], n: int, timeout: float = WAIT_S) -> list[Me
         except queue.Empty:
             pytest.fail(f"only {i} of {n} messages arrived within {timeout:.0f} s")
     return out
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``condition`` until it holds, failing with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)  # poll interval of a deadline-bounded condition check

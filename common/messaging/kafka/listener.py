@@ -44,7 +44,7 @@ def to_message(record: Any, delivery_attempt: int) -> Message:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """Keeps the listener's view of its partitions current and forgets state of revoked ones."""
+    """Keeps the listener's view of its partitions current (called inside ``poll()``)."""
 
     def __init__(self, listener: KafkaListener) -> None:
         self._listener = listener
@@ -293,12 +293,14 @@ class KafkaListener(BasicListener):
         with self._lock:
             # Union: eager assignors revoke everything first; cooperative ones pass only the delta.
             self._assigned |= assigned
+            owned = set(self._assigned)
+        # Delivery counts survive a rebalance that hands a partition straight back to this member.
+        self._attempts = {k: v for k, v in self._attempts.items() if k[0] in owned}
         self._ready.set()
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         with self._lock:
             self._assigned -= revoked
-        self._attempts = {k: v for k, v in self._attempts.items() if k[0] not in revoked}
 
     def _close(self) -> None:
         try:
