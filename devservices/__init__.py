@@ -11,17 +11,21 @@ and handles work as context managers. ``python -m devservices install`` fetches 
 ``python -m devservices up`` runs them in the foreground.
 """
 
-from devservices._proc import ServiceError
+from devservices._proc import ManagedProcess, ServiceError, free_port, port_in_use, wait_until
 from devservices.kafka_broker import KafkaBroker, start_kafka
 from devservices.pubsub import PubSubEmulator, start_pubsub
 from devservices.storage import StorageEmulator, start_gcs
 
 __all__ = [
     "KafkaBroker",
+    "ManagedProcess",
     "PubSubEmulator",
     "ServiceError",
     "StorageEmulator",
+    "free_port",
+    "port_in_use",
     "start_gcs",
     "start_kafka",
     "start_pubsub",
+    "wait_until",
 ]

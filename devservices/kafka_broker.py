@@ -134,7 +134,7 @@ def install_jars(verbose: bool = False) -> bool:
         home = kafka_home()
         home.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="libs-", dir=home))
-        argv = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        argv = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
                 f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
         if verbose:
             print("+ " + " ".join(argv), flush=True)
