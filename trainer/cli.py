@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train on only the first N training images (quick experiments; default: all)")
 
     model = p.add_argument_group("model and training")
-    model.add_argument("--widths", type=_widths, default=d.widths, metavar="W1,W2,...",
+    model.add_argument("--widths", type=_widths, default=",".join(map(str, d.widths)), metavar="W1,W2,...",
                        help="channels of each stage (default: %(default)s)")
     model.add_argument("--blocks-per-stage", type=int, default=d.blocks_per_stage,
                        help="residual blocks per stage (default: %(default)s)")

@@ -66,7 +66,11 @@ def export_model(result: TrainResult, cfg: TrainConfig, eval_data: Dataset, dest
                  evaluated_on: str = "test", model_name: str = "fashion-cnn",
                  extra_metrics: dict[str, Any] | None = None) -> ExportInfo:
     """Evaluate on ``eval_data`` and write every artifact to ``destination`` (folder or gs:// prefix)."""
-    inference = build_inference_model(result.classifier, cfg.flip_tta)
+    # An uncompiled copy: the saved file must not reference the training optimizer or schedule, so
+    # that plain keras.models.load_model opens it where trainer is not installed.
+    core = keras.Model.from_config(result.classifier.get_config())  # (clone_model would copy the compile)
+    core.set_weights(result.classifier.get_weights())
+    inference = build_inference_model(core, cfg.flip_tta)
     x = _pixels(eval_data)
     staging = Path(tempfile.mkdtemp(prefix="fashion-export-"))
     try:

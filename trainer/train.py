@@ -184,7 +184,7 @@ def train(train_data: Dataset, val_data: Dataset, cfg: TrainConfig, run_dir: str
         keeper = _RunKeeper(run, state, cfg, steps, log_every if verbose else 0)
         model.fit(make_train_dataset(train_data, cfg, cfg.seed + state["epoch"]),
                   validation_data=make_eval_dataset(val_data), epochs=cfg.epochs,
-                  initial_epoch=state["epoch"], callbacks=[keeper], verbose=0)
+                  initial_epoch=state["epoch"], callbacks=[keeper], shuffle=False, verbose=0)
         state = keeper.state
         if not state["finished"]:  # fit returned without reaching the end (should not happen)
             state["finished"] = True
