@@ -7,6 +7,7 @@ first with a clear message rather than as a time-out somewhere else.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -161,6 +162,20 @@ def test_services_die_with_a_crashed_test_run(tmp_path: Path) -> None:
     assert leftovers() == []
 
 
+def test_missing_prerequisites_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A machine without Java or the Cloud SDK: the error says what is missing, not a bare traceback.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    broker = KafkaBroker()
+    with pytest.raises(ServiceError, match=r"Java 17\+ is needed"):
+        broker.start()
+    broker.cleanup()
+    emulator = PubSubEmulator()
+    with pytest.raises(ServiceError, match="gcloud"):
+        emulator.start()
+    emulator.cleanup()
+
+
 def test_a_service_that_dies_at_start_reports_its_log(tmp_path: Path) -> None:
     proc = ManagedProcess("doomed", ["sh", "-c", "echo 'cannot bind: boom' >&2; exit 3"], tmp_path / "doomed.log")
     proc.start()
@@ -266,3 +281,28 @@ def test_compose_file_matches_the_devservices_ports() -> None:
     kafka_env = compose["services"]["kafka"]["environment"]
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert kafka_env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://127.0.0.1:{defaults.kafka_port}"
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+def test_up_prints_exports_and_stops_on_ctrl_c() -> None:
+    import urllib.request
+
+    root = str(Path(__file__).resolve().parent.parent)
+    up = subprocess.Popen([sys.executable, "-m", "devservices", "up", "gcs", "--gcs-port", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": root})
+    try:
+        assert up.stdout is not None
+        line = up.stdout.readline().strip()
+        assert line.startswith("export STORAGE_EMULATOR_HOST=http://127.0.0.1:")
+        endpoint = line.split("=", 1)[1]
+        with urllib.request.urlopen(f"{endpoint}/storage/v1/b?project=p", timeout=5) as resp:
+            assert resp.status == 200
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert not port_in_use(int(endpoint.rsplit(":", 1)[1]))
