@@ -37,10 +37,11 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: Path
 def plot_training_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
     """Loss and accuracy per epoch (train on augmented batches, validation clean) and the learning rate."""
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    marker = "o" if len(epochs) < 15 else None  # a line needs two points; show short runs as dots
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
-        ax.plot(epochs, history.get(key, []), label=f"train (augmented) {label}")
-        ax.plot(epochs, history.get(f"val_{key}", []), label=f"validation {label}")
+        ax.plot(epochs, history.get(key, []), marker=marker, label=f"train (augmented) {label}")
+        ax.plot(epochs, history.get(f"val_{key}", []), marker=marker, label=f"validation {label}")
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -49,7 +50,7 @@ def plot_training_curves(history: dict[str, list[float]], path: Path, title: str
         best = int(np.argmax(history["val_accuracy"]))
         axes[1].axvline(best + 1, color="grey", ls=":", label="best validation")
         axes[1].set_ylim(max(0.0, min(history["val_accuracy"][len(epochs) // 4:] or [0.0]) - 0.02), 1.0)
-    axes[2].plot(epochs, history.get("lr", []))
+    axes[2].plot(epochs, history.get("lr", []), marker=marker)
     axes[2].set_title("learning rate (end of epoch)")
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)
