@@ -53,9 +53,12 @@ MODEL_BUCKET = "local-models"
 SHORT_SAMPLES = 10
 
 
+_T0 = time.monotonic()
+
+
 def say(message: str) -> None:
-    """Progress on stderr, so stdout carries only the predictions and the accuracy."""
-    print(f"[local_run] {message}", file=sys.stderr, flush=True)
+    """Progress on stderr (seconds since start), so stdout carries only the predictions and the accuracy."""
+    print(f"[local_run {time.monotonic() - _T0:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
