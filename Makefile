@@ -14,7 +14,8 @@ test:
 	bash scripts/test.sh
 
 lint: install
-	.venv/bin/ruff check . && .venv/bin/mypy common functions trainer devservices pipeline bench
+	.venv/bin/ruff check . && .venv/bin/mypy common trainer devservices pipeline bench
+	for fn in functions/*/main.py; do .venv/bin/mypy "$$fn" || exit 1; done
 
 bench: install
 	for script in bench/bench_*.py; do .venv/bin/python "$$script" || exit 1; done
