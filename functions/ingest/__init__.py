@@ -1,0 +1,1 @@
+"""The ingest Cloud Function (deployed as its own folder; see main.py)."""
