@@ -164,17 +164,21 @@ def test_unsupported_content_type_is_415(ingest_url: str) -> None:
     assert error_body(response)["error"]["code"] == "unsupported_content_type"
 
 
-def test_unreachable_broker_is_503_naming_the_unpublished_ids(pubsub_emulator: Any, tmp_path: Path) -> None:
-    closed = free_port()  # nothing listens there
-    server = serve_ingest(tmp_path, {"GCP_PROJECT": pubsub_emulator.project, "REQUESTS_TOPIC": "nowhere",
-                                     "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{closed}", "PUBLISH_TIMEOUT_S": "1",
-                                     **LIMITS})
+@pytest.mark.parametrize("broker", ["pubsub", "kafka"])
+def test_unreachable_broker_is_503_naming_the_unpublished_ids(broker: str, tmp_path: Path) -> None:
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped emulator or broker
+    env = {"BROKER": broker, "REQUESTS_TOPIC": "nowhere", "PUBSUB_EMULATOR_HOST": closed,
+           "KAFKA_BOOTSTRAP_SERVERS": closed, "PUBLISH_TIMEOUT_S": "1", **LIMITS}
+    server = serve_ingest(tmp_path, env)
     try:
         response = post(server.url, [{"request_id": f"lost-{i}", "instances": [[0] * 784]} for i in range(3)])
+        health = requests.get(server.url, timeout=10)
     finally:
         server.stop()
     assert response.status_code == 503
+    assert response.headers["Retry-After"]
     body = response.json()
     assert body["error"]["code"] == "broker_unavailable"
     assert body["published"] == []
     assert body["failed"] == ["lost-0", "lost-1", "lost-2"]
+    assert health.status_code == 200 and health.json()["broker"]["type"] == broker
