@@ -16,7 +16,9 @@ What it does, printing each step:
    ``gcloud pubsub topics publish`` command (Kafka: published directly in the compact binary form);
 5. follows the results and errors topics, prints each prediction beside its true label, and the
    accuracy over the sample;
-6. stops everything it started, also on Ctrl-C. Exit status 0 when every request was answered.
+6. stops everything it started, also on Ctrl-C (``--keep-running`` leaves it all up until then, and
+   prints the variables that point ``gcloud``, ``curl`` and the sender at it). Exit status 0 when
+   every request was answered.
 """
 
 from __future__ import annotations
@@ -309,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
         say("starting the Cloud Storage emulator ...")
         gcs = stack.enter_context(StorageEmulator(work_dir=work / "gcs"))
+        say(f"Cloud Storage emulator on {gcs.endpoint}")
         env = dict(gcs.env())
         emulator_host: str | None = None
         if settings.broker == "pubsub":
@@ -318,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
             pubsub = stack.enter_context(PubSubEmulator(project=settings.project_id, work_dir=work / "pubsub"))
             env.update(pubsub.env())
             emulator_host = pubsub.host
+            say(f"Pub/Sub emulator on {pubsub.host}")
         else:
             from devservices.kafka_broker import KafkaBroker, install_jars
 
@@ -325,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
             install_jars()
             kafka = stack.enter_context(KafkaBroker(work_dir=work / "kafka"))
             settings = replace(settings, kafka_bootstrap_servers=kafka.bootstrap_servers)
+            say(f"Kafka broker on {kafka.bootstrap_servers}")
         stack.enter_context(_environ(env))
 
         model_uri = upload_model(model_dir, settings.project_id)
@@ -359,12 +364,28 @@ def run(args: argparse.Namespace) -> int:
         ids = {item.request_id for item in sent}
         missing = collector.wait_for(ids, args.timeout)
         report(sent, labels, collector)
-        say(f"done in {time.monotonic() - started:.1f} s; stopping everything")
+        say(f"sample done in {time.monotonic() - started:.1f} s")
         if missing:
             say(f"{len(missing)} request(s) got no answer within {args.timeout:.0f} s: {sorted(missing)[:5]}")
             say(f"see the function logs (--keep-logs keeps them): {work}")
-            return 1
-    return 0
+        if args.keep_running:
+            keep_running(ingest.url, env, settings)
+        say("stopping everything")
+    return 1 if missing else 0
+
+
+def keep_running(ingest_url: str, env: dict[str, str], settings: Settings) -> None:
+    """Leave the pipeline up for experiments (curl, gcloud, the sender) until Ctrl-C or SIGTERM."""
+    env = dict(env)
+    if settings.broker == "kafka":
+        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
+    exports = " ".join(f"{key}={value}" for key, value in sorted(env.items()))
+    say(f"still serving; in another shell: export {exports} "
+        f"CLOUDSDK_CORE_PROJECT={settings.project_id} GCP_PROJECT={settings.project_id} BROKER={settings.broker}")
+    say(f"ingest: {ingest_url}   results follow: python -m pipeline.results   (Ctrl-C stops everything)")
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            signal.pause()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-dir", help=f"model folder to upload (default {DEFAULT_MODEL_URI})")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all answers")
     parser.add_argument("--keep-logs", action="store_true", help="keep the emulator and function logs")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="after the sample, keep everything up for experiments until Ctrl-C")
     args = parser.parse_args(argv)
     if args.samples < 3:
         parser.error("--samples must be at least 3")
