@@ -41,13 +41,13 @@ from ingest_edge import (
 from common.contract import make_error
 from common.errors import BrokerUnavailable, InvalidRequest, PayloadTooLarge, PipelineError
 from common.messaging import BasicPublisher, make_publisher
+from common.predict_handler import configure_logging
 from common.settings import Settings
-
-log = logging.getLogger("ingest")
 
 # Read at import so that wrong configuration fails the instance at start-up, not the first request.
 SETTINGS = Settings.from_env()
-logging.basicConfig(level=SETTINGS.log_level)
+configure_logging(SETTINGS.log_level)  # Cloud Logging JSON lines, as predict writes them
+log = logging.getLogger("ingest")
 
 _publisher: BasicPublisher | None = None
 _publisher_lock = threading.Lock()
@@ -73,7 +73,7 @@ def get_publisher() -> BasicPublisher:
 @functions_framework.http
 def ingest(request: flask.Request) -> Response:
     """Entry point (``--target ingest``)."""
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return _json(health(), 200)
     if request.method != "POST":
         return _json({"error": {"code": "invalid_request", "message": "use POST to submit, GET for health"}}, 405,
@@ -81,7 +81,8 @@ def ingest(request: flask.Request) -> Response:
     try:
         accepted = read_requests(request)
     except PipelineError as exc:
-        log.info("rejected: %s %s", exc.code, exc.message)
+        log.info("rejected: %s", exc.message,
+                 extra={"json_fields": {"request_id": exc.request_id, "error_code": exc.code}})
         return _json(make_error(exc), http_status(exc))
     return publish_all(accepted)
 
@@ -156,12 +157,14 @@ def publish_all(accepted: list[Accepted]) -> Response:
         first = next(iter(failures.values()))
         failed = [rid for rid in ids if rid in failures]
         return _broker_down(first, published=published, failed=failed)
-    log.info("published %d request(s): %s", len(published), ", ".join(published[:5]))
+    log.info("published %d request(s)", len(published),
+             extra={"json_fields": {"request_ids": published[:20], "topic": SETTINGS.requests_topic}})
     return _json({"request_ids": published, "message_ids": message_ids, "topic": SETTINGS.requests_topic}, 202)
 
 
 def _broker_down(exc: PipelineError, *, published: list[str], failed: list[str]) -> Response:
-    log.warning("publish failed for %d request(s) (%d published): %s", len(failed), len(published), exc.message)
+    log.warning("publish failed for %d request(s) (%d published): %s", len(failed), len(published), exc.message,
+                extra={"json_fields": {"failed": failed[:20], "published": published[:20]}})
     error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(exc.message)
     body = make_error(BrokerUnavailable(
         f"{len(failed)} of {len(failed) + len(published)} request(s) not published: {error.message}. "
