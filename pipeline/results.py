@@ -192,12 +192,19 @@ def follow_sources(settings: Settings, name: str = DEFAULT_NAME) -> dict[str, st
     topics = {"result": settings.results_topic, "error": settings.errors_topic}
     if settings.broker == "kafka":
         return topics
+    from common.errors import BrokerUnavailable
     from common.messaging.pubsub.admin import ensure_subscription, ensure_topic
 
     sources = {}
     for kind, topic in topics.items():
-        ensure_topic(settings.project_id, topic)
-        sources[kind] = ensure_subscription(settings.project_id, topic, f"{topic}-{name}").rsplit("/", 1)[-1]
+        subscription = f"{topic}-{name}"
+        try:
+            ensure_subscription(settings.project_id, topic, subscription)
+        except BrokerUnavailable:
+            # A fresh emulator has no topics yet (in the cloud, Terraform made them): create it, try again.
+            ensure_topic(settings.project_id, topic)
+            ensure_subscription(settings.project_id, topic, subscription)
+        sources[kind] = subscription
     return sources
 
 
