@@ -41,6 +41,7 @@ from ingest_edge import (
 from common.contract import make_error
 from common.errors import BrokerUnavailable, InvalidRequest, PayloadTooLarge, PipelineError
 from common.messaging import BasicPublisher, make_publisher
+from common.messaging.base import message_size
 from common.predict_handler import configure_logging
 from common.settings import Settings
 
@@ -132,6 +133,17 @@ def publish_all(accepted: list[Accepted]) -> Response:
         publisher = get_publisher()
     except PipelineError as exc:
         return _broker_down(exc, published=[], failed=ids)
+    for item in accepted:
+        # All or nothing: refuse the call before publishing any of it if one message is over the
+        # broker's own limit (Kafka's default is 1 MB, well under MAX_REQUEST_BYTES).
+        size = message_size(item.data, item.attributes, None)
+        if size > publisher.max_message_bytes:
+            too_large = PayloadTooLarge(
+                f"request {item.request_id} is {size} bytes as a message, over the {publisher.broker} limit of "
+                f"{publisher.max_message_bytes} bytes: send fewer or smaller images per request",
+                request_id=item.request_id,
+            )
+            return _json(make_error(too_large), http_status(too_large))
     futures: list[tuple[Accepted, Future[str]]] = []
     failures: dict[str, PipelineError] = {}
     for item in accepted:

@@ -182,3 +182,24 @@ def test_unreachable_broker_is_503_naming_the_unpublished_ids(broker: str, tmp_p
     assert body["published"] == []
     assert body["failed"] == ["lost-0", "lost-1", "lost-2"]
     assert health.status_code == 200 and health.json()["broker"]["type"] == broker
+
+
+def test_kafka_ingest_refuses_a_message_over_the_broker_limit_before_publishing(kafka_broker: Any,
+                                                                                 tmp_path: Path) -> None:
+    env = {"BROKER": "kafka", "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
+           "REQUESTS_TOPIC": "ingest-kafka-limit", **LIMITS, "MAX_REQUEST_BYTES": "4000000",
+           "MAX_IMAGE_BYTES": "3000000"}
+    noise = np.random.default_rng(0).integers(0, 256, (1000, 1000), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", noise)  # about 1 MB; 1.3 MB as base64 > Kafka's 1 MB default
+    assert ok
+    server = serve_ingest(tmp_path, env)
+    try:
+        small = post(server.url, [{"request_id": "k-small", "instances": [[0] * 784]}])
+        big = requests.post(server.url, files={"image": ("noise.png", bytes(buf), "image/png")},
+                            data={"request_id": "k-big"}, timeout=60)
+    finally:
+        server.stop()
+    assert small.status_code == 202, small.text
+    assert big.status_code == 413, big.text
+    body = error_body(big)
+    assert body["request_id"] == "k-big" and body["error"]["code"] == "payload_too_large"
