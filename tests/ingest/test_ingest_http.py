@@ -105,6 +105,39 @@ def test_raw_png_body_is_accepted(ingest_url: str, requests_topic: Topic) -> Non
     assert json.loads(message.data)["instances"] == [{"b64": base64.b64encode(png).decode()}]
 
 
+def test_several_files_in_one_upload_make_one_request(ingest_url: str, requests_topic: Topic) -> None:
+    images, _ = load_test_set(3)
+    files = [("image", (f"{i}.png", png_bytes(images[i]), "image/png")) for i in range(3)]
+    response = requests.post(ingest_url, files=files, data={"request_id": "up-3"}, timeout=30)
+    assert response.status_code == 202, response.text
+    [message] = requests_topic.pull(1)
+    request = parse_request(message.data, dict(message.attributes), SETTINGS)
+    assert request.instances == tuple(EncodedImage(png_bytes(images[i])) for i in range(3))
+
+
+def test_upload_with_a_bad_top_k_is_400(ingest_url: str, requests_topic: Topic) -> None:
+    png = png_bytes(load_test_set(1)[0][0])
+    response = requests.post(ingest_url, files={"image": ("a.png", png, "image/png")},
+                             data={"request_id": "up-k", "top_k": "three"}, timeout=30)
+    assert response.status_code == 400
+    assert error_body(response)["request_id"] == "up-k"
+    assert_nothing_published(ingest_url, requests_topic)
+
+
+def test_chunked_body_over_the_limit_is_413(ingest_url: str) -> None:
+    chunk = json.dumps({"request_id": "big", "instances": [[255] * 784]}).encode()
+
+    def body() -> Any:  # a generator makes requests send Transfer-Encoding: chunked, no Content-Length
+        yield b"["
+        for _ in range(200):
+            yield chunk + b","
+        yield chunk + b"]"
+
+    response = requests.post(ingest_url, data=body(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 413
+    assert error_body(response)["error"]["code"] == "payload_too_large"
+
+
 @pytest.mark.parametrize(
     ("body", "code", "index"),
     [
