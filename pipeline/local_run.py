@@ -12,7 +12,7 @@ What it does, printing each step:
 3. serves ``ingest`` and ``predict`` with functions-framework on free loopback ports and creates the
    topics and the push subscription ``requests -> predict`` (Kafka: runs the predict adapter instead);
 4. sends real Fashion-MNIST test images three ways: a JSON batch of pixel arrays to ingest, PNG files
-   uploaded to ingest as multipart form data, and one multi-image request published by the real
+   uploaded to ingest as multipart form data, and multi-image requests published by the real
    ``gcloud pubsub topics publish`` command (Kafka: published directly in the compact binary form);
 5. follows the results and errors topics, prints each prediction beside its true label, and the
    accuracy over the sample;
@@ -53,6 +53,8 @@ from pipeline.servers import REPO_ROOT, FunctionServer, settings_env
 
 MODEL_BUCKET = "local-models"
 SHORT_SAMPLES = 10
+BATCH_PER_POST = 100  # requests per ingest call, under MAX_IMAGES_PER_REQUEST
+IMAGES_PER_GCLOUD_MESSAGE = 25
 
 
 _T0 = time.monotonic()
@@ -201,16 +203,21 @@ def split_sample(n: int) -> tuple[range, range, range]:
     return range(0, arrays), range(arrays, arrays + pngs), range(arrays + pngs, n)
 
 
+def _chunks(indices: range, size: int) -> list[range]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
 def send_sample(settings: Settings, ingest_url: str, images: np.ndarray, first: int, tag: str,
                 emulator_host: str | None) -> list[Sent]:
     """Send the sample through ingest (arrays, PNG uploads) and the third path; returns what was sent."""
     arrays, pngs, rest = split_sample(len(images))
     sent: list[Sent] = []
 
-    batch = [array_request(f"{tag}-arr-{first + i:05d}", images[i : i + 1]) for i in arrays]
-    answer = post_json(ingest_url, batch)
-    say(f"ingest accepted a JSON batch of {len(answer['request_ids'])} pixel-array requests")
-    sent += [Sent(rid, (first + i,), "json") for rid, i in zip(answer["request_ids"], arrays, strict=True)]
+    for chunk in _chunks(arrays, BATCH_PER_POST):
+        batch = [array_request(f"{tag}-arr-{first + i:05d}", images[i : i + 1]) for i in chunk]
+        answer = post_json(ingest_url, batch)
+        sent += [Sent(rid, (first + i,), "json") for rid, i in zip(answer["request_ids"], chunk, strict=True)]
+    say(f"ingest accepted {len(arrays)} pixel-array requests as JSON batches of up to {BATCH_PER_POST}")
 
     def upload(i: int) -> Sent:
         rid = f"{tag}-png-{first + i:05d}"
@@ -221,22 +228,26 @@ def send_sample(settings: Settings, ingest_url: str, images: np.ndarray, first: 
         sent += list(pool.map(upload, pngs))
     say(f"ingest accepted {len(pngs)} PNG uploads (multipart/form-data)")
 
-    rid = f"{tag}-bulk-{first + rest[0]:05d}"
-    indices = tuple(first + i for i in rest)
     if settings.broker == "pubsub":
         assert emulator_host is not None
-        gcloud_publish(settings, emulator_host, array_request(rid, images[rest.start : rest.stop]))
-        say(f"gcloud pubsub topics publish sent one request with {len(rest)} images")
-        sent.append(Sent(rid, indices, "gcloud"))
-    else:
-        from common.contract import encode_pixels
-        from common.messaging import make_publisher
+        # One command-line argument holds at most 128 KiB on Linux: about 40 images as JSON arrays.
+        for chunk in _chunks(rest, IMAGES_PER_GCLOUD_MESSAGE):
+            rid = f"{tag}-bulk-{first + chunk[0]:05d}"
+            gcloud_publish(settings, emulator_host, array_request(rid, images[chunk.start : chunk.stop]))
+            sent.append(Sent(rid, tuple(first + i for i in chunk), "gcloud"))
+        say(f"gcloud pubsub topics publish sent {len(rest)} images in multi-image requests")
+        return sent
 
-        data, attributes = encode_pixels(rid, np.ascontiguousarray(images[rest.start : rest.stop]))
-        with make_publisher(settings) as publisher:
+    from common.contract import encode_pixels
+    from common.messaging import make_publisher
+
+    with make_publisher(settings) as publisher:
+        for chunk in _chunks(rest, BATCH_PER_POST):
+            rid = f"{tag}-bulk-{first + chunk[0]:05d}"
+            data, attributes = encode_pixels(rid, np.ascontiguousarray(images[chunk.start : chunk.stop]))
             publisher.publish_and_wait(settings.requests_topic, data, attributes)
-        say(f"published one binary request with {len(rest)} images straight to Kafka")
-        sent.append(Sent(rid, indices, "binary"))
+            sent.append(Sent(rid, tuple(first + i for i in chunk), "binary"))
+    say(f"published {len(rest)} images straight to Kafka as binary multi-image requests")
     return sent
 
 
@@ -300,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
     labels = {args.offset + i: int(label) for i, label in enumerate(labels_array)}
     tag = f"lr{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
+    if not (model_dir / "manifest.json").is_file():
+        say(f"no model at {model_dir} (manifest.json missing): train one first, or pass --model-dir")
+        return 2
 
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="local-run-"))
