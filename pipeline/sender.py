@@ -102,21 +102,26 @@ def publish(publisher: BasicPublisher, topic: str, items: Sequence[Outgoing],
     return outcome
 
 
-def post_to_ingest(url: str, items: Sequence[Outgoing], timeout: float = 30.0) -> dict[str, str | BaseException]:
-    """Send JSON requests as one batch to an ingest endpoint; maps request id -> "accepted" or error."""
-    bodies = [item.json_body for item in items]
-    if any(body is None for body in bodies):
+def post_to_ingest(url: str, items: Sequence[Outgoing], timeout: float = 30.0,
+                   per_call: int = 100) -> dict[str, str | BaseException]:
+    """POST JSON requests to an ingest endpoint in batches; maps request id -> "accepted" or error."""
+    if any(item.json_body is None for item in items):
         raise ValueError("the ingest endpoint takes JSON requests: use --format json")
-    request = urllib.request.Request(url, data=json.dumps(bodies).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            answer = json.loads(resp.read())
-        return {rid: "accepted" for rid in answer["request_ids"]}
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        error = RuntimeError(f"HTTP {exc.code}: {detail}")
-        return {item.request_id: error for item in items}
+    outcome: dict[str, str | BaseException] = {}
+    for start in range(0, len(items), per_call):
+        chunk = items[start : start + per_call]
+        request = urllib.request.Request(url, data=json.dumps([item.json_body for item in chunk]).encode("utf-8"),
+                                         method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                answer = json.loads(resp.read())
+            outcome.update({rid: "accepted" for rid in answer["request_ids"]})
+        except urllib.error.HTTPError as exc:
+            error = RuntimeError(f"HTTP {exc.code}: {exc.read().decode('utf-8', 'replace')[:500]}")
+            outcome.update({item.request_id: error for item in chunk})
+        except OSError as exc:
+            outcome.update({item.request_id: exc for item in chunk})
+    return outcome
 
 
 def main(argv: Sequence[str] | None = None) -> int:

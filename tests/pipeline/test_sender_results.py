@@ -22,7 +22,7 @@ from common.messaging import make_publisher
 from common.messaging.pubsub.admin import ensure_subscription, ensure_topic
 from common.settings import Settings
 from pipeline.requests import CLASS_NAMES, load_test_set, png_bytes
-from pipeline.servers import REPO_ROOT
+from pipeline.servers import REPO_ROOT, FunctionServer
 
 
 def _env(emulator: Any, **topics: str) -> dict[str, str]:
@@ -118,3 +118,26 @@ def test_results_follower_prints_and_stores_idempotently(pubsub_emulator: Any, t
                     ("r-3", "error", None, None, "invalid_image")]
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {line["message"]["request_id"] for line in lines} == {"r-1", "r-2", "r-3"}
+
+
+def test_sender_through_ingest(pubsub_emulator: Any, tmp_path: Path) -> None:
+    topic = f"send-http-{uuid.uuid4().hex[:8]}"
+    ensure_topic(pubsub_emulator.project, topic)
+    ensure_subscription(pubsub_emulator.project, topic, f"{topic}-check")
+    env = {"GCP_PROJECT": pubsub_emulator.project, "REQUESTS_TOPIC": topic,
+           "PUBSUB_EMULATOR_HOST": pubsub_emulator.host}
+    ingest = FunctionServer("ingest", "ingest", REPO_ROOT / "functions" / "ingest" / "main.py", env=env,
+                            log_dir=tmp_path).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.sender", "--fashion-mnist", "3", "--prefix", "h", "--ingest", ingest.url],
+            env=_env(pubsub_emulator), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        ingest.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    messages = _pull(pubsub_emulator.project, f"{topic}-check", 3)
+    assert sorted(m.attributes["request_id"] for m in messages) == ["h-fm-00000", "h-fm-00001", "h-fm-00002"]
+    images, _ = load_test_set(3)
+    first = next(m for m in messages if m.attributes["request_id"] == "h-fm-00000")
+    assert np.allclose(parse_request(first.data, dict(first.attributes), Settings()).instances[0], images[0] / 255.0)
