@@ -77,8 +77,8 @@ def ingest(request: flask.Request) -> Response:
     if request.method in ("GET", "HEAD"):
         return _json(health(), 200)
     if request.method != "POST":
-        return _json({"error": {"code": "invalid_request", "message": "use POST to submit, GET for health"}}, 405,
-                     {"Allow": "GET, POST"})
+        return _json(make_error(InvalidRequest(f"{request.method} is not supported: POST to submit, GET for health")),
+                     405, {"Allow": "GET, HEAD, POST"})
     try:
         accepted = read_requests(request)
     except PipelineError as exc:

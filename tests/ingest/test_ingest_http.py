@@ -236,3 +236,10 @@ def test_kafka_ingest_refuses_a_message_over_the_broker_limit_before_publishing(
     assert big.status_code == 413, big.text
     body = error_body(big)
     assert body["request_id"] == "k-big" and body["error"]["code"] == "payload_too_large"
+
+
+def test_other_methods_are_405(ingest_url: str) -> None:
+    response = requests.put(ingest_url, json={"instances": [[0] * 784]}, timeout=10)
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
+    assert error_body(response)["error"]["code"] == "invalid_request"
