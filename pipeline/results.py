@@ -27,18 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
-
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, insert, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from typing import IO, Any, Protocol
 
 from common.messaging import BasicListener, Message, make_listener
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_URL = "sqlite:///results.db"
 DEFAULT_NAME = "follower"
 
 
@@ -94,6 +89,14 @@ def format_outcome(outcome: Outcome) -> str:
 # --- sinks ----------------------------------------------------------------------------------------
 
 
+class Sink(Protocol):
+    """Where outcomes go besides the terminal; ``write`` raising means the message is redelivered."""
+
+    def write(self, outcome: Outcome) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class JsonlSink:
     """Appends each outcome as one JSON line ``{"kind": ..., "received_at": ..., "message": {...}}``."""
 
@@ -103,7 +106,7 @@ class JsonlSink:
         self._lock = threading.Lock()
 
     def write(self, outcome: Outcome) -> None:
-        line = json.dumps({"kind": outcome.kind, "received_at": _now().isoformat(), "message": outcome.payload})
+        line = json.dumps({"kind": outcome.kind, "received_at": now().isoformat(), "message": outcome.payload})
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()
@@ -112,75 +115,7 @@ class JsonlSink:
         self._fh.close()
 
 
-metadata = MetaData()
-outcomes_table = Table(
-    "prediction_outcomes",
-    metadata,
-    Column("request_id", String(128), primary_key=True),
-    Column("kind", String(16), nullable=False),
-    Column("model", String(64)),
-    Column("model_version", String(128)),
-    Column("images", Integer, nullable=False),
-    Column("top_label", String(64)),
-    Column("top_class_id", Integer),
-    Column("top_score", Float),
-    Column("error_code", String(64)),
-    Column("error_message", Text),
-    Column("payload", Text, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-)
-
-
-class DatabaseSink:
-    """Stores one row per request id in any SQLAlchemy database; writing the same id again updates it."""
-
-    def __init__(self, url: str = DEFAULT_DB_URL, *, engine: Engine | None = None) -> None:
-        self.engine = engine or create_engine(url)
-        metadata.create_all(self.engine)
-
-    def write(self, outcome: Outcome) -> None:
-        if outcome.request_id is None:
-            log.warning("not stored: %s has no request id", outcome.message_id)
-            return
-        row = _row(outcome)
-        # Update first, insert if absent: portable across dialects (no vendor upsert syntax), and a
-        # concurrent insert of the same id is caught and turned into the update it should have been.
-        for _ in range(2):
-            with self.engine.begin() as conn:
-                result = conn.execute(
-                    update(outcomes_table).where(outcomes_table.c.request_id == outcome.request_id).values(**row)
-                )
-                if result.rowcount:
-                    return
-                try:
-                    conn.execute(insert(outcomes_table).values(request_id=outcome.request_id, **row))
-                    return
-                except IntegrityError:
-                    conn.rollback()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def _row(outcome: Outcome) -> dict[str, Any]:
-    first = outcome.predictions[0] if outcome.predictions else {}
-    err = outcome.error
-    return {
-        "kind": outcome.kind,
-        "model": outcome.payload.get("model"),
-        "model_version": outcome.payload.get("model_version"),
-        "images": len(outcome.predictions),
-        "top_label": first.get("label"),
-        "top_class_id": first.get("class_id"),
-        "top_score": first.get("score"),
-        "error_code": err.get("code"),
-        "error_message": err.get("message"),
-        "payload": json.dumps(outcome.payload),
-        "received_at": _now(),
-    }
-
-
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -279,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=DEFAULT_NAME,
                         help="follower name: Pub/Sub subscription suffix / Kafka group suffix (default %(default)s)")
     parser.add_argument("--jsonl", metavar="FILE", help="append every message to FILE as JSON lines")
-    parser.add_argument("--db", metavar="URL", nargs="?", const=DEFAULT_DB_URL,
-                        help=f"upsert into a database keyed by request id (default URL {DEFAULT_DB_URL})")
+    parser.add_argument("--db", metavar="URL", nargs="?", const="sqlite:///results.db",
+                        help="upsert into a database keyed by request id (default URL sqlite:///results.db)")
     parser.add_argument("--quiet", action="store_true", help="do not print each message")
     parser.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = never)")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds (0 = never)")
@@ -288,10 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     settings = Settings.from_env(broker=args.broker)
-    sinks: list[JsonlSink | DatabaseSink] = []
+    sinks: list[Sink] = []
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
     if args.db:
+        from pipeline.results_db import DatabaseSink  # SQLAlchemy is needed only for --db
+
         sinks.append(DatabaseSink(args.db))
     seen = 0
     done = threading.Event()
