@@ -37,17 +37,25 @@ def wait_until_up(endpoint: str, timeout_s: float = 15.0) -> None:
 
 
 class PrivateEmulator:
-    """``gcp-storage-emulator`` in memory on a free loopback port; a context manager."""
+    """``gcp-storage-emulator`` on a free loopback port; a context manager.
 
-    def __init__(self) -> None:
+    In memory by default; with ``data_dir`` it keeps objects on disk there, so that a stop and a
+    start (same port) bring the same buckets back, as real storage would after an outage.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrivateEmulator:
-        self.proc = subprocess.Popen(
-            [str(EMULATOR), "start", "--host=127.0.0.1", f"--port={self.port}", "--in-memory"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = [str(EMULATOR), "start", "--host=127.0.0.1", f"--port={self.port}"]
+        if self.data_dir is None:
+            argv.append("--in-memory")
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(argv, cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_up(self.endpoint)
         return self
 
