@@ -287,15 +287,16 @@ class BasicListener(abc.ABC):
 
     def listen(self, callback: MessageCallback, *, stop_event: threading.Event | None = None) -> None:
         """Call ``callback`` for each message; ack only after it returned, redeliver if it raised."""
-        self._stop.clear()
         self._ready.clear()
         try:
             self._listen(callback, self._should_stop(stop_event))
         finally:
+            # A stop() that came before or during this call ends it; the next listen() starts afresh.
+            self._stop.clear()
             self._ready.clear()
 
     def stop(self) -> None:
-        """Ask a running :meth:`listen` to return; safe from any thread."""
+        """Make :meth:`listen` return (a call already running, or the next one); safe from any thread."""
         self._stop.set()
 
     def wait_ready(self, timeout: float) -> bool:

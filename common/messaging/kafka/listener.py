@@ -133,7 +133,6 @@ class KafkaListener(BasicListener):
         """
         if max_records < 1 or max_wait_ms < 0:
             raise ValueError("max_records must be >= 1 and max_wait_ms >= 0")
-        self._stop.clear()
         self._ready.clear()
         should_stop = self._should_stop(stop_event)
         self._subscribe()
@@ -143,6 +142,8 @@ class KafkaListener(BasicListener):
                 if batch:
                     self._run_batch(callback, batch)
         finally:
+            # A stop() that came before or during this call ends it; the next listen() starts afresh.
+            self._stop.clear()
             self._ready.clear()
             self._unsubscribe()
 
