@@ -75,6 +75,7 @@ class KafkaPredictAdapter:
         self.handler = handler or PredictHandler(settings)
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
         self.listener_options = {"max_poll_interval_ms": max_poll_interval_ms,
                                  "max_poll_records": max_batch, **listener_options}
         self.stop_event = threading.Event()
@@ -128,12 +129,22 @@ class KafkaPredictAdapter:
 
     def _on_batch(self, messages: list[Message]) -> None:
         """One micro-batch: the shared handler, then produce and wait; the listener commits after."""
+        started = time.monotonic()
         events = [record_event(m, self.settings.requests_topic) for m in messages]
         outcomes = self.handler.handle_events(events)  # TransientError propagates: no commit, redelivery
         assert self._publisher is not None
         publish_outcomes(self._publisher, outcomes, self.settings)
         self.batches += 1
         self.records += len(messages)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        fields = {"records": len(messages), "errors": sum(not o.ok for o in outcomes),
+                  "batch_ms": round(elapsed_ms, 1)}
+        if elapsed_ms > self.max_poll_interval_ms / 2:
+            # Half of max.poll.interval.ms gone in one batch: the group may soon evict this member.
+            log.warning("slow batch: lower --max-batch", extra={"json_fields": {
+                **fields, "max_poll_interval_ms": self.max_poll_interval_ms}})
+        else:
+            log.debug("batch answered", extra={"json_fields": fields})
 
 
 def build_parser() -> argparse.ArgumentParser:
