@@ -283,3 +283,35 @@ class FMPredictor:
         if high <= 1.0:
             values = values * 255.0
         return np.rint(values).astype(np.uint8)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m common.predictor [--model-uri URI] [--top-k K] IMAGE...``.
+
+    Prints one JSON line per image (the file name plus its prediction). Local files are fine here:
+    this is the user's own machine, not a message.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m common.predictor",
+                                     description="Classify PNG/JPEG garment photos with the Fashion-MNIST CNN.")
+    parser.add_argument("images", nargs="+", help="PNG or JPEG files")
+    parser.add_argument("--model-uri", help="model folder or gs:// prefix (default: MODEL_URI, else the bundled model)")
+    parser.add_argument("--top-k", type=int, default=1, help="how many classes to list per image")
+    parser.add_argument("--runtime", choices=("litert", "keras"), help="MODEL_RUNTIME")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(model_uri=args.model_uri, model_runtime=args.runtime)
+        predictor = FMPredictor(settings.model_uri, settings=settings)
+        predictions = predictor.predict_files(args.images, top_k=args.top_k)
+    except PipelineError as exc:
+        print(json.dumps({"error": exc.to_dict()}))
+        return 1
+    for path, prediction in zip(args.images, predictions, strict=True):
+        print(json.dumps({"image": str(path), **prediction}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

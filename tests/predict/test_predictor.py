@@ -243,3 +243,26 @@ def test_same_request_gives_the_same_result(predictor: FMPredictor,
 def test_empty_input_gives_no_predictions(predictor: FMPredictor) -> None:
     assert predictor.predict([]) == []
     assert predictor.predict(np.zeros((0, 28, 28))) == []
+
+
+def test_command_line_classifies_local_photos(tiny_model: Path, tmp_path: Path,
+                                              fashion_test: tuple[np.ndarray, np.ndarray]) -> None:
+    import subprocess
+    import sys
+
+    x = fashion_test[0]
+    paths = [tmp_path / "boot.jpg", tmp_path / "trouser.png"]
+    paths[0].write_bytes(encode(photo_of(x[0], np.random.default_rng(8))))
+    paths[1].write_bytes(encode(x[2], ".png"))
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-m", "common.predictor", "--model-uri", str(tiny_model), "--top-k", "2",
+                          *map(str, paths)], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in paths]
+    assert all(len(line["top_k"]) == 2 for line in lines)
+    direct = FMPredictor(str(tiny_model), settings=make_settings()).predict(x[[0, 2]])
+    assert [line["class_id"] for line in lines] == [p["class_id"] for p in direct]
+    missing = subprocess.run([sys.executable, "-m", "common.predictor", "--model-uri", str(tiny_model),
+                              str(tmp_path / "nope.jpg")], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and json.loads(missing.stdout)["error"]["index"] == 0
