@@ -233,15 +233,19 @@ class KafkaListener(BasicListener):
     def _subscribe(self) -> None:
         if self._subscribed:
             return
-        # Join only once the topic's partitions are known: a group that forms before the metadata of a
-        # just-created topic arrives assigns nothing and idles until the next metadata refresh (5 min).
-        deadline = time.monotonic() + self.startup_timeout_s
-        while not self._consumer.partitions_for_topic(self.topic):
-            if time.monotonic() > deadline:
-                raise ConfigurationError(f"Kafka topic {self.topic!r} does not exist (create it first)")
-            self._stop.wait(0.1)
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._subscribed = True
+        # Join only once the topic's partitions are known, and learn them after subscribe(): the
+        # group coordinator compares the partitions seen at the last metadata update with those it
+        # assigned, so a join before that update either assigns nothing (a just-created topic) or is
+        # followed at once by a second rebalance. Either delays the start; a rebalance that meets a
+        # broker outage can also leave kafka-python stuck outside the group.
+        deadline = time.monotonic() + self.startup_timeout_s
+        while self.topic not in self._consumer.topics():
+            if time.monotonic() > deadline:
+                self._unsubscribe()
+                raise ConfigurationError(f"Kafka topic {self.topic!r} does not exist (create it first)")
+            self._stop.wait(0.1)
 
     def _unsubscribe(self) -> None:
         """Leave the group when listening ends, so its partitions move to other members at once
