@@ -167,6 +167,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_1m_at_end": round(load[0], 2)},
         "setup": "Pub/Sub emulator, push subscription -> predict (functions-framework), streaming-pull follower",
+        "model_dir": str(args.model_dir),
         "cold_start_end_to_end_ms": cold["end_to_end"]["p50_ms"],
         "sequential": sequential, "concurrent": concurrent, "batches_of_100": batched,
     }
