@@ -29,9 +29,9 @@ fi
 stamp=.venv/.installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "install: pip install -e .[train,dev] with constraints.txt"
+  echo "install: pip install -e .[train,dev,tools] with constraints.txt"
   .venv/bin/pip install -q --upgrade "pip==26.3"
-  .venv/bin/pip install -q -c constraints.txt -e ".[train,dev]"
+  .venv/bin/pip install -q -c constraints.txt -e ".[train,dev,tools]"
   echo "$want" > "$stamp"
 fi
 
