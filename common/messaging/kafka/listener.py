@@ -76,6 +76,7 @@ class KafkaListener(BasicListener):
         retry_backoff_s: float = 0.2,
         max_retry_backoff_s: float = 5.0,
         startup_timeout_s: float = 30.0,
+        commit_timeout_ms: int = 10_000,
         **consumer_options: Any,
     ) -> None:
         super().__init__(topic)
@@ -85,6 +86,7 @@ class KafkaListener(BasicListener):
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
         self.startup_timeout_s = startup_timeout_s
+        self.commit_timeout_ms = commit_timeout_ms
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers.split(","),
             "group_id": group_id,
@@ -135,8 +137,8 @@ class KafkaListener(BasicListener):
             raise ValueError("max_records must be >= 1 and max_wait_ms >= 0")
         self._ready.clear()
         should_stop = self._should_stop(stop_event)
-        self._subscribe()
         try:
+            self._subscribe()
             while not should_stop():
                 batch = self._gather(max_records, max_wait_ms, should_stop)
                 if batch:
@@ -279,11 +281,16 @@ class KafkaListener(BasicListener):
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit(offsets, timeout_ms=self.commit_timeout_ms)
         except kerr.CommitFailedError:
             # The group rebalanced under us; the new owner re-reads from the last committed
             # offset, so these records are delivered again (at-least-once), never lost.
             log.warning("commit of %s failed after a rebalance; records will be redelivered", offsets)
+        except kerr.KafkaError as exc:
+            # Broker or coordinator away: the next successful commit covers these offsets too (commits
+            # are positions, not acks); a restart before then delivers them again. Bounded, so stop()
+            # still ends listen() during an outage.
+            log.warning("commit of %s failed (%s); it is retried with the next one", offsets, exc)
 
     def _backoff(self, failed: bool) -> None:
         """Wait a little longer after each consecutive callback failure, reset on success."""
