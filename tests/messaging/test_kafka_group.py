@@ -6,10 +6,13 @@ from __future__ import annotations
 import queue
 import threading
 
+import pytest
 from msg_helpers import WAIT_S, Kit, collect, running, wait_until
 
 from common.messaging import Message
 from common.messaging.kafka.listener import KafkaListener
+
+pytestmark = pytest.mark.kafka
 
 
 def _publish_seq(kit: Kit, topic: str, n: int, key_prefix: str | None = None) -> None:
