@@ -112,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--val-fraction", type=float, default=d.val_fraction,
                        help="share of training data held out for validation (default: %(default).4f)")
     model.add_argument("--patience", type=int, default=d.patience,
-                       help="stop after this many epochs without a better validation accuracy "
-                            "(default: %(default)s)")
+                       help="stop after this many epochs without a better validation accuracy, counted "
+                            "from --min-epochs at the earliest (default: %(default)s)")
     model.add_argument("--min-epochs", type=int, default=d.min_epochs,
-                       help="never stop early before this epoch (default: %(default)s)")
+                       help="epoch from which patience starts counting (default: %(default)s)")
     model.add_argument("--no-augment", action="store_true",
                        help="train without flips, shifts and random erasing")
     model.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")

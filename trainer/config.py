@@ -40,7 +40,7 @@ class TrainConfig:
     val_fraction: float = 1 / 15
     patience: int = 10
     # One-cycle runs keep improving while the learning rate anneals, and the validation accuracy is noisy
-    # at the peak rate; early stopping may end a run only in its second half.
+    # at the peak rate: patience starts counting at min_epochs at the earliest.
     min_epochs: int = 30
     seed: int = 1234
     flip_tta: bool = True

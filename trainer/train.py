@@ -112,7 +112,9 @@ class _RunKeeper(keras.callbacks.Callback):
             self.model.save_weights(self.run_dir / BEST_WEIGHTS)
         else:
             st["wait"] += 1
-        if st["wait"] >= self.cfg.patience and st["epoch"] >= self.cfg.min_epochs:
+        # Patience counts from the later of the best epoch and min_epochs: epochs at the schedule's peak,
+        # where validation accuracy is noisy, never use it up.
+        if st["epoch"] - max(st["best_epoch"], self.cfg.min_epochs) >= self.cfg.patience:
             st["stopped_early"] = True
             self.model.stop_training = True
         if st["epoch"] >= self.cfg.epochs or st["stopped_early"]:
