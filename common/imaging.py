@@ -205,6 +205,48 @@ def _has_light_background(img: np.ndarray) -> bool:
     return light > dark
 
 
+def _flatten_background(img: np.ndarray) -> np.ndarray:
+    """Subtract a plane fitted to the background pixels of the border (uneven lighting).
+
+    Border pixels far from the border's median (a garment touching the frame) are left out of
+    the fit. The result keeps the border's median level, so only the slope is removed.
+    """
+    h, w = img.shape
+    t = max(1, round(min(h, w) * 0.04))
+    mask = np.zeros((h, w), dtype=bool)
+    mask[:t] = mask[-t:] = True
+    mask[:, :t] = mask[:, -t:] = True
+    ys, xs = np.nonzero(mask)
+    values = img[ys, xs].astype(np.float64)
+    median = float(np.median(values))
+    spread = max(8.0, 3.0 * float(np.median(np.abs(values - median))))
+    keep = np.abs(values - median) <= spread
+    if keep.sum() < 16:
+        return img
+    design = np.column_stack([xs[keep] / w, ys[keep] / h, np.ones(int(keep.sum()))])
+    (a, b, c), *_ = np.linalg.lstsq(design, values[keep], rcond=None)
+    if abs(a) < 4 and abs(b) < 4:  # flat already: leave the pixels untouched
+        return img
+    yy, xx = np.mgrid[0:h, 0:w]
+    plane = a * (xx / w) + b * (yy / h) + c
+    return np.clip(img.astype(np.float64) - plane + median + 0.5, 0, 255).astype(np.uint8)
+
+
+def _garment_is_darker(img: np.ndarray) -> bool:
+    """True when what stands out from the border's level is mostly darker than it.
+
+    Measured as mass (how far, how many pixels) beyond a noise band around the background, so a
+    dark shoe on a mid-grey floor is inverted and a white shirt on black cloth is not.
+    """
+    ring = _border(img)
+    background = float(np.median(ring))
+    noise = max(8.0, 3.0 * float(np.median(np.abs(ring.astype(np.float64) - background))))
+    diff = img.astype(np.float64) - background
+    darker = float(np.clip(-diff - noise, 0, None).sum())
+    lighter = float(np.clip(diff - noise, 0, None).sum())
+    return darker > lighter
+
+
 def prepare_image(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
     """Make model input from any gray image: light garment on black, cropped, framed, resized.
 
@@ -212,18 +254,20 @@ def prepare_image(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndar
     framed: it is only inverted when its background is light, so a Fashion-MNIST sample passes
     through unchanged. Any other image is
 
-    1. inverted when its border is mostly light (garment photographed on white),
-    2. shifted so its background level is 0 and stretched so the garment's brightest part is 255,
-    3. cropped to the garment (Otsu threshold on a blurred copy, specks removed),
-    4. padded with black to the target aspect ratio, centred, and resized with area averaging,
+    1. evened out: a plane fitted to the border is subtracted, so light falling off across a
+       photo does not read as garment,
+    2. inverted when the garment is darker than its background (photographed on white or grey),
+    3. shifted so its background level is 0 and stretched so the garment's brightest part is 255,
+    4. cropped to the garment (Otsu threshold on a blurred copy, specks removed),
+    5. padded with black to the target aspect ratio, centred, and resized with area averaging,
        so that the garment's longer side fills the frame as in Fashion-MNIST.
     """
     img = _to_gray(np.asarray(gray))
     out_h, out_w = size
-    light = _has_light_background(img)
     if img.shape == (out_h, out_w):
-        return (255 - img) if light else img.copy()
-    if light:
+        return (255 - img) if _has_light_background(img) else img.copy()
+    img = _flatten_background(img)
+    if _garment_is_darker(img):
         img = 255 - img
     img = _stretch(img)
     y0, y1, x0, x1 = _garment_box(img)

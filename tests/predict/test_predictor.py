@@ -79,16 +79,28 @@ def test_a_batch_is_one_model_call(predictor: FMPredictor, fashion_test: tuple[n
     assert calls == [40]
 
 
+@pytest.fixture(scope="module")
+def original_accuracy(predictor: FMPredictor, fashion_test: tuple[np.ndarray, np.ndarray]) -> float:
+    return _accuracy(predictor.predict(fashion_test[0][:N]), fashion_test[1][:N])
+
+
 def test_photos_on_white_are_classified_almost_as_well_as_the_originals(
-    predictor: FMPredictor, fashion_test: tuple[np.ndarray, np.ndarray]
+    predictor: FMPredictor, fashion_test: tuple[np.ndarray, np.ndarray], original_accuracy: float
 ) -> None:
     rng = np.random.default_rng(11)
     x, y = fashion_test[0][:N], fashion_test[1][:N]
-    originals = _accuracy(predictor.predict(x), y)
     on_white = [{"b64": base64.b64encode(encode(photo_of(img, rng))).decode()} for img in x]
-    assert _accuracy(predictor.predict(on_white), y) > originals - 0.05
-    on_black = [encode(photo_of(img, rng, light_background=False), ".png") for img in x[:200]]
-    assert _accuracy(predictor.predict(on_black), y[:200]) > originals - 0.07
+    assert _accuracy(predictor.predict(on_white), y) > original_accuracy - 0.05
+
+
+@pytest.mark.parametrize("scene,falloff", [("light_on_black", 0.0), ("pale_on_white", 0.0), ("dark_on_grey", 0.0),
+                                           ("light_on_grey", 0.0), ("dark_on_white", 0.2)])
+def test_photos_in_other_scenes_too(predictor: FMPredictor, fashion_test: tuple[np.ndarray, np.ndarray],
+                                    original_accuracy: float, scene: str, falloff: float) -> None:
+    rng = np.random.default_rng(12)
+    x, y = fashion_test[0][:200], fashion_test[1][:200]
+    photos = [encode(photo_of(img, rng, scene=scene, light_falloff=falloff)) for img in x]
+    assert _accuracy(predictor.predict(photos), y) > original_accuracy - 0.07
 
 
 def test_mixed_instances_in_one_request(predictor: FMPredictor, fashion_test: tuple[np.ndarray, np.ndarray],
