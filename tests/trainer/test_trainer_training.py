@@ -16,7 +16,9 @@ from trainer.train import BEST_WEIGHTS, LAST_MODEL, STATE_FILE, train
 
 def test_smoke_training_learns_within_a_minute(smoke_run: SmokeRun) -> None:
     r = smoke_run.result
-    assert smoke_run.seconds < 120  # about 30 s on an idle machine; other tests share the 2 cores
+    # About 30 s of wall time (60 CPU-seconds on 2 cores) on an idle machine. CPU time is checked
+    # because wall time depends on what else runs on the shared cores.
+    assert smoke_run.cpu_seconds < 150, (smoke_run.cpu_seconds, smoke_run.seconds)
     assert r.epochs_run == 4 and len(r.history["val_accuracy"]) == 4
     assert r.best_val_accuracy > 0.75  # chance is 0.10
     assert r.history["loss"][-1] < r.history["loss"][0]
