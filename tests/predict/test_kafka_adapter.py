@@ -217,3 +217,38 @@ def test_console_command_finishes_its_batch_and_exits_0_on_sigterm(
         thread.join(timeout=30)
     answered = {json.loads(r.value)["request_id"] for r in consume(bootstrap, names["results"], 60)}
     assert answered == {r["request_id"] for r in requests}
+
+
+def test_rebalance_after_adding_partitions_completes_despite_short_polls(kafka_broker: Any) -> None:
+    """kafka-python 3.0.12 drops such a join (see rescue_orphaned_join); the adapter's listener does not."""
+    from kafka.admin import NewPartitions
+
+    from common.kafka_adapter import rescuing_listener
+
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = f"grow-{uuid.uuid4().hex[:6]}"
+    ensure_topic(bootstrap, topic, 1)
+    # poll_timeout_ms=1: every poll gives up long before a JoinGroup round trip ends.
+    listener = rescuing_listener(bootstrap, topic, group_id=f"grp-{topic}", poll_timeout_ms=1,
+                                 metadata_max_age_ms=500, **FAST_GROUP)
+    seen: list[int] = []
+    thread = threading.Thread(target=listener.listen_batch,
+                              args=(lambda batch: seen.extend(m.raw.partition for m in batch), 8, 0), daemon=True)
+    thread.start()
+    try:
+        assert listener.wait_ready(60)
+        wait_for(lambda: len(listener.assignment()) == 1, 30, "the first assignment")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=3)})
+        finally:
+            admin.close()
+        wait_for(lambda: len(listener.assignment()) == 3, 60, "the new partitions to be assigned")
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer.send(topic, b"{}", partition=2).get(timeout=30)
+        producer.close()
+        wait_for(lambda: 2 in seen, 30, "a record of a new partition to be delivered")
+    finally:
+        listener.stop()
+        thread.join(timeout=30)
+        listener.close()
