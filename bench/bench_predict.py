@@ -6,8 +6,9 @@ Cold start is what a serverless user feels: a new process that imports the predi
 model from its folder and answers one image. It is measured from outside (spawn to answer, with
 the interpreter's own start-up) and inside (from the first line of the child to the answer).
 Throughput runs on real Fashion-MNIST test images through ``FMPredictor.predict``, so it includes
-input checks and result formatting, not only the interpreter. Results are printed and written as
-JSON to ``bench/results/bench_predict.json``.
+input checks and result formatting, not only the interpreter. The handler figures add contract
+parsing and result building per JSON message (one message per call as on Pub/Sub, 64 as a Kafka
+micro-batch). Results are printed and written as JSON to ``bench/results/bench_predict.json``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,27 @@ def throughput(predictor: FMPredictor, images: np.ndarray, batch: int, seconds: 
             "median_call_ms": round(statistics.median(latencies) * 1000, 3)}
 
 
+def handler_throughput(model_dir: str, images: np.ndarray, per_call: int, seconds: float = 2.0) -> dict[str, float]:
+    """JSON request messages per second through PredictHandler (contract parse + predict + result),
+    ``per_call`` messages per call: 1 is the Pub/Sub function, more is a Kafka micro-batch."""
+    from common.predict_handler import Envelope, PredictHandler
+
+    settings = Settings.from_env({}, model_uri=model_dir)
+    handler = PredictHandler(settings, FMPredictor(model_dir, settings=settings))
+    bodies = [json.dumps({"request_id": f"b-{i}", "instances": [images[i].tolist()]}).encode()
+              for i in range(256)]
+    envelopes = [Envelope(body, {"content_type": "application/json"}, str(i)) for i, body in enumerate(bodies)]
+    handler.handle(envelopes[:per_call])  # warm
+    done, calls = 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        offset = (calls * per_call) % (len(envelopes) - per_call + 1)
+        handler.handle(envelopes[offset : offset + per_call])
+        calls += 1
+        done += per_call
+    return {"messages_per_call": per_call, "messages_per_s": round(done / (time.perf_counter() - start), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=DEFAULT_MODEL_URI, help="model folder (default: the bundled model)")
@@ -111,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         row = throughput(predictor, images, batch)
         results["litert_throughput"].append(row)
         print("litert", row)
+    results["handler_throughput"] = []
+    for per_call in (1, 64):
+        row = handler_throughput(args.model_dir, images, per_call)
+        results["handler_throughput"].append(row)
+        print("handler (JSON, 1 image per message)", row)
     out = REPO / "bench" / "results" / "bench_predict.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
