@@ -151,7 +151,11 @@ def _post(url: str, h: Hostile) -> Seen:
     except requests.RequestException as exc:
         return Seen(note=f"no answer: {exc!r}", seconds=time.monotonic() - started)
     seen = Seen(status=r.status_code, seconds=time.monotonic() - started)
-    body = r.json()
+    try:
+        body = r.json()
+    except ValueError:
+        seen.note = f"not a JSON answer: {r.text[:200]!r}"
+        return seen
     if r.status_code == 202:
         seen.note = ",".join(body["message_ids"])
     else:

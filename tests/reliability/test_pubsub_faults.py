@@ -102,9 +102,7 @@ def test_ingest_answers_503_while_the_emulator_is_down_and_recovers(tmp_path: Pa
     topics = None
     ingest = None
     try:
-        from google.cloud import pubsub_v1  # noqa: F401  (clients below read PUBSUB_EMULATOR_HOST)
-
-        with pytest.MonkeyPatch.context() as mp:
+        with pytest.MonkeyPatch.context() as mp:  # the admin and pull clients below read it
             mp.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
             topics = Topics(emulator.project)
             ingest = serve("ingest", topics.settings(publish_timeout_s=2.0), tmp_path,
