@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from common.errors import PipelineError
+from common.errors import BrokerUnavailable, PipelineError
 from common.messaging.base import BasicPublisher, Message
 from common.predict_handler import (
     Envelope,
@@ -103,13 +103,10 @@ class KafkaPredictAdapter:
 
     def run(self) -> None:
         """Load the model, join the group, and answer batches until :meth:`stop` or a signal."""
-        from common.messaging.kafka.publisher import KafkaPublisher
-
         model = self.handler.predictor.load()  # fail fast on a bad model, before taking partitions
         log.info("model loaded", extra={"json_fields": {"model_version": model.manifest.version,
                                                         "runtime": model.runtime}})
-        self._publisher = KafkaPublisher(self.settings.kafka_bootstrap_servers,
-                                         publish_timeout_s=self.settings.publish_timeout_s)
+        self._publisher = self._new_publisher()
         try:
             self._listener = rescuing_listener(self.settings.kafka_bootstrap_servers, self.settings.requests_topic,
                                                group_id=self.settings.kafka_group_id, **self.listener_options)
@@ -123,16 +120,42 @@ class KafkaPredictAdapter:
             finally:
                 self._listener.close()
         finally:
-            self._publisher.close()
+            if self._publisher is not None:
+                self._publisher.close()
         log.info("stopped", extra={"json_fields": {"batches": self.batches, "records": self.records}})
+
+    def _new_publisher(self) -> BasicPublisher:
+        from common.messaging.kafka.publisher import KafkaPublisher
+
+        return KafkaPublisher(self.settings.kafka_bootstrap_servers, publish_timeout_s=self.settings.publish_timeout_s)
+
+    def _drop_publisher(self) -> None:
+        """Throw the producer away after publishes went unanswered; the next batch makes a new one.
+
+        Seen with kafka-python 3.0.12: once batches expired during a broker outage, the idempotent
+        producer never delivers again, even after the broker is back. A fresh producer does.
+        """
+        publisher, self._publisher = self._publisher, None
+        if publisher is None:
+            return
+        log.warning("publishes unanswered: replacing the Kafka producer")
+        try:
+            publisher.close(timeout=1.0)
+        except Exception:  # it is being discarded because it is broken
+            log.debug("closing the old producer failed", exc_info=True)
 
     def _on_batch(self, messages: list[Message]) -> None:
         """One micro-batch: the shared handler, then produce and wait; the listener commits after."""
         started = time.monotonic()
         events = [record_event(m, self.settings.requests_topic) for m in messages]
         outcomes = self.handler.handle_events(events)  # TransientError propagates: no commit, redelivery
-        assert self._publisher is not None
-        publish_outcomes(self._publisher, outcomes, self.settings)
+        if self._publisher is None:  # dropped after a failed batch; the broker may be back
+            self._publisher = self._new_publisher()
+        try:
+            publish_outcomes(self._publisher, outcomes, self.settings)
+        except BrokerUnavailable:
+            self._drop_publisher()
+            raise
         self.batches += 1
         self.records += len(messages)
         elapsed_ms = (time.monotonic() - started) * 1000
