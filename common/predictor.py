@@ -225,6 +225,10 @@ class FMPredictor:
             raise ForbiddenSource(f"instance {i}: bucket {bucket!r} is not on the allow-list", index=i)
         if not name:
             raise InvalidImage(f"instance {i}: {uri} names a bucket, not an object", index=i)
+        if any(part in (".", "..") for part in name.split("/")):
+            # Cloud Storage refuses such names and the emulator drops the connection, which would
+            # read as an outage and be retried for ever.
+            raise ForbiddenSource(f"instance {i}: '.' and '..' segments are not allowed in gs:// URIs", index=i)
 
     def _fetch_all(self, remote: list[tuple[int, str]]) -> list[tuple[int, np.ndarray]]:
         """Download gs:// images in parallel (each is a network round trip), then decode them."""

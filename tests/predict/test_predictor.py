@@ -220,6 +220,13 @@ def test_gs_uris_only_for_allowed_buckets(predictor: FMPredictor, gcs_client: An
     assert info.value.index == 0 and info.value.code == "forbidden_source"
 
 
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/./b.png", "a/../../b.png", ".."])
+def test_gs_uris_with_dot_segments_are_refused(predictor: FMPredictor, name: str) -> None:
+    with pytest.raises(ForbiddenSource, match="segments") as info:
+        predictor.predict([np.zeros(784).tolist(), f"gs://{ALLOWED_BUCKET}/{name}"])
+    assert info.value.index == 1
+
+
 def test_gs_uri_errors(predictor: FMPredictor, gcs_client: Any) -> None:
     bucket = gcs_client.bucket(ALLOWED_BUCKET)
     if not bucket.exists():
