@@ -32,16 +32,10 @@ def test_sigkilled_adapter_loses_nothing_and_duplicates_are_identical(kafka_brok
     assert report.exit_code_last == 0, "SIGTERM: finish the batch, commit, exit 0"
 
 
-# Found by this test (see RELIABILITY.md, known defect 1): once publishes time out while the broker
-# is away, the idempotent KafkaProducer of kafka-python 3.0.12 never delivers again, so the adapter
-# answers nothing more until restarted (nothing is lost; nothing is committed either). With
-# enable_idempotence=False in common/messaging/kafka/publisher.py this test passes (seen here).
-# Strict: remove the marker with the fix. (Also seen before commit 8658875: a commit error during
-# the outage escaped the listener and the adapter exited.)
-KNOWN_DEFECT = "idempotent KafkaProducer stays stuck after batches expired during a broker outage"
-
-
-@pytest.mark.xfail(strict=True, reason=KNOWN_DEFECT)
+# Found by this test: once publishes time out while the broker is away, the idempotent
+# KafkaProducer of kafka-python 3.0.12 never delivers again (fixed in ceca55a: the adapter replaces
+# its producer after a failed batch). Before 8658875, a commit error during the outage escaped the
+# listener and the adapter exited. Both made this test fail.
 def test_adapter_reconnects_after_the_broker_restarts(kafka_broker: Any, serving_model: Path, tmp_path: Path) -> None:
     """Graceful broker stop and start while the adapter works; the crash variant (SIGKILL of the
     broker) runs in bench/bench_reliability.py."""
