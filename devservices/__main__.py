@@ -14,7 +14,6 @@ import argparse
 import shlex
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -53,10 +52,10 @@ def _build(name: str, args: argparse.Namespace) -> Service:
 
 
 def _up(args: argparse.Namespace) -> int:
-    stop_requested = threading.Event()
-
+    # The handler raises instead of setting a threading.Event: Event.set() from a signal handler can
+    # deadlock with Event.wait() running in the same (main) thread.
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -69,17 +68,17 @@ def _up(args: argparse.Namespace) -> int:
             service.start()
             print(f"{name} ready in {service.startup_seconds:.1f} s (log: {service.log_path})",
                   file=sys.stderr, flush=True)
-            if stop_requested.is_set():
-                return 130
         for service in started:
             for key, value in service.env().items():
                 print(f"export {key}={shlex.quote(value)}", flush=True)
         print("running; Ctrl-C stops everything", file=sys.stderr, flush=True)
-        while not stop_requested.wait(1.0):
+        while True:
             dead = [s for s in started if not s.running]
             if dead:
                 print(f"{dead[0].name} exited; its log is {dead[0].log_path}", file=sys.stderr)
                 return 1
+            time.sleep(1.0)  # paces the liveness check; a signal interrupts it through the handler
+    except KeyboardInterrupt:
         return 0
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
