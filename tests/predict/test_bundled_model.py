@@ -49,3 +49,13 @@ def test_photos_of_test_garments_stay_close_to_the_recorded_accuracy(
     preds = bundled.predict(photos)
     accuracy = float(np.mean([p["class_id"] == int(label) for p, label in zip(preds, y, strict=True)]))
     assert accuracy > recorded - 0.06, f"photos {accuracy:.3f} vs recorded {recorded:.3f}"
+
+
+@pytest.mark.slow
+def test_keras_runtime_serves_the_same_predictions(bundled: FMPredictor,
+                                                   fashion_test: tuple[np.ndarray, np.ndarray]) -> None:
+    keras = FMPredictor(str(BUNDLED), settings=make_settings(model_runtime="keras"))
+    x = fashion_test[0][:500]
+    a, b = bundled.predict_pixels(x, 3), keras.predict_pixels(x, 3)
+    assert [p["class_id"] for p in a] == [p["class_id"] for p in b]
+    assert max(abs(p["score"] - q["score"]) for p, q in zip(a, b, strict=True)) < 1e-4
