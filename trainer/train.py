@@ -171,7 +171,8 @@ def train(train_data: Dataset, val_data: Dataset, cfg: TrainConfig, run_dir: str
                              "choose another --run name or delete that directory")
         state = saved
         model = keras.models.load_model(run / LAST_MODEL)
-        _log(f"resuming {run} after epoch {state['epoch']} (best val_acc {state['best_val_accuracy']:.4f})")
+        verb = "found the finished run" if state["finished"] else "resuming"
+        _log(f"{verb} {run} after epoch {state['epoch']} (best val_acc {state['best_val_accuracy']:.4f})")
     else:
         keras.utils.set_random_seed(cfg.seed)
         model = build_classifier(train_data.image_shape, train_data.num_classes, cfg.widths,
