@@ -90,8 +90,7 @@ def _b64(data: bytes) -> dict[str, str]:
 def dot_segment_uri(canary: Path) -> str:
     """A gs:// URI whose object name climbs out with literal ".." segments. The storage emulator
     drops the connection on such names, which the predictor takes for an outage (transient), so the
-    message is redelivered for ever; real Cloud Storage refuses such names too. The contract should
-    refuse them up front (forbidden_source)."""
+    message is redelivered for ever. The contract should refuse them up front (forbidden_source)."""
     return f"gs://{ALLOWED_BUCKET}/../../../..{canary}"
 
 
