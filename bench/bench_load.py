@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="length of each stream")
     parser.add_argument("--kafka-rate", type=float, default=400.0, help="requests/s produced to Kafka")
-    parser.add_argument("--pubsub-rate", type=float, default=100.0, help="requests/s posted to ingest")
+    parser.add_argument("--pubsub-rate", type=float, default=150.0, help="requests/s posted to ingest")
     parser.add_argument("--streams", default="kafka,pubsub", help="comma-separated: kafka, pubsub")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
