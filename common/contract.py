@@ -209,6 +209,11 @@ def parse_gcs_uri(uri: str, settings: Settings, *, index: int | None = None) -> 
     bucket, name = match.groups()
     if bucket not in settings.allowed_buckets:
         raise ForbiddenSource(f"{where}bucket {bucket!r} is not on the allow-list (ALLOWED_BUCKETS)", index=index)
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        # Cloud Storage refuses such names and its emulator drops the connection, which would read as an
+        # outage and be retried for ever; path-like tricks are refused here, once, for every entry point.
+        raise ForbiddenSource(f"{where}empty, '.' and '..' segments are not allowed in gs:// object names",
+                              index=index)
     return GcsImage(bucket=bucket, name=name)
 
 

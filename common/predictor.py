@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from common.contract import EncodedImage, GcsImage
+from common.contract import EncodedImage, GcsImage, parse_gcs_uri
 from common.errors import (
     ForbiddenSource,
     InvalidImage,
@@ -41,7 +41,7 @@ from common.errors import (
     PipelineError,
 )
 from common.imaging import decode_image, load_image_file, prepare_image
-from common.model_store import LoadedModel, ModelStore, get_store, read_gcs_object, split_gcs_uri
+from common.model_store import LoadedModel, ModelStore, get_store, read_gcs_object
 from common.settings import Settings
 
 SIDE = 28
@@ -217,18 +217,8 @@ class FMPredictor:
                            index=i)
 
     def _check_bucket(self, uri: str, i: int) -> None:
-        try:
-            bucket, name = split_gcs_uri(uri)
-        except ValueError as exc:
-            raise InvalidImage(f"instance {i}: {exc}", index=i) from exc
-        if bucket not in self.settings.allowed_buckets:
-            raise ForbiddenSource(f"instance {i}: bucket {bucket!r} is not on the allow-list", index=i)
-        if not name:
-            raise InvalidImage(f"instance {i}: {uri} names a bucket, not an object", index=i)
-        if any(part in (".", "..") for part in name.split("/")):
-            # Cloud Storage refuses such names and the emulator drops the connection, which would
-            # read as an outage and be retried for ever.
-            raise ForbiddenSource(f"instance {i}: '.' and '..' segments are not allowed in gs:// URIs", index=i)
+        """The contract's allow-list and object-name checks, for URIs that did not come through it."""
+        parse_gcs_uri(uri, self.settings, index=i)
 
     def _fetch_all(self, remote: list[tuple[int, str]]) -> list[tuple[int, np.ndarray]]:
         """Download gs:// images in parallel (each is a network round trip), then decode them."""

@@ -78,6 +78,8 @@ BAD_REQUESTS = [
      "forbidden_source", "r"),
     ("bucket off the allow-list", {"request_id": "r", "instances": [{"gcs_uri": "gs://other/a.png"}]}, {},
      "forbidden_source", "r"),
+    ("dot segments in a gs:// name", {"request_id": "r", "instances": [{"gcs_uri": "gs://fashion-images/a/../b.png"}]},
+     {}, "forbidden_source", "r"),
     ("bad base64", {"request_id": "r", "instances": [{"b64": "%%%"}]}, {}, "invalid_base64", "r"),
     ("image over the byte limit", {"request_id": "r", "instances": [{"b64": "A" * 4000}]}, {},
      "payload_too_large", "r"),

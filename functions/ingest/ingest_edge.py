@@ -211,6 +211,7 @@ def check_encoded_images(request: PredictRequest, settings: Settings) -> None:
             raise PayloadTooLarge(
                 f"instance {index}: image is {width}x{height} pixels, the limit is {settings.max_image_side} "
                 "per side (MAX_IMAGE_SIDE)",
+                code="image_too_large",  # the code predict gives the same image, so both paths agree
                 index=index,
                 request_id=request.request_id,
             )

@@ -188,6 +188,7 @@ def test_too_large_is_413(ingest_url: str, requests_topic: Topic) -> None:
     response = requests.post(ingest_url, files={"image": ("wide.png", bytes(buf), "image/png")}, timeout=30)
     assert response.status_code == 413
     assert error_body(response)["error"]["index"] == 0
+    assert error_body(response)["error"]["code"] == "image_too_large"  # the code predict gives the same image
     assert_nothing_published(ingest_url, requests_topic)
 
 

@@ -36,12 +36,8 @@ ANSWER_TIMEOUT_S = 10.0  # an HTTP answer or a topic answer slower than this cou
 
 # Known defects, each a one-line fix in another helper's module (see RELIABILITY.md). strict: the
 # marker must go once the fix lands.
-KNOWN_BUGS = {
-    ("ingest", "png-bomb-b64"): "ingest_edge.check_encoded_images answers payload_too_large, predict image_too_large",
-    ("ingest", "png-bomb-raw"): "ingest_edge.check_encoded_images answers payload_too_large, predict image_too_large",
-    ("ingest", "jpeg-huge-header"): "ingest_edge.check_encoded_images answers payload_too_large, "
-                                    "predict image_too_large",
-}
+# (channel, case) pairs with a known defect, each marked strict-xfail until it is mended.
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -207,8 +203,6 @@ def test_hostile_input_gets_its_structured_error(battery: dict[str, Any], channe
         assert seen.request_id is None, "a malformed id is never echoed"
 
 
-@pytest.mark.xfail(strict=True, reason="common.contract.parse_gcs_uri accepts '..' segments; with the storage "
-                   "emulator such a message is retried for ever (and blocks its Kafka partition)")
 def test_gs_uri_with_dot_segments_is_refused_by_the_contract(tmp_path: Path) -> None:
     request = {"request_id": "h-dots", "instances": [{"gcs_uri": dot_segment_uri(tmp_path / "canary.png")}]}
     settings = Settings.from_env({}, allowed_buckets=(ALLOWED_BUCKET,))
