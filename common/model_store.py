@@ -291,7 +291,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks; what manifests record and the store verifies."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -393,7 +394,7 @@ class ModelStore:
             expected = manifest.expected_sha256(filename, self.uri)
             key = sha256_bytes(self.uri.encode())[:16]
             target = self.cache_dir / key / manifest.version / filename
-            if target.exists() and _sha256_file(target) == expected:
+            if target.exists() and sha256_file(target) == expected:
                 return manifest, target
             current = filename
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -403,7 +404,7 @@ class ModelStore:
             try:
                 bucket.blob(_join(prefix, filename)).download_to_filename(
                     str(tmp), timeout=self.timeout_s, retry=retry)
-                if _sha256_file(tmp) != expected:
+                if sha256_file(tmp) != expected:
                     raise ModelIntegrityError(
                         f"{self.uri}/{filename} does not match the sha256 in its manifest")
                 os.replace(tmp, target)  # atomic: other processes see all of it or nothing

@@ -7,7 +7,6 @@ because that flatbuffer is what the predictor serves. Export refuses to finish w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ import keras
 import numpy as np
 
 from common.errors import PipelineError
+from common.model_store import sha256_file
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
 from trainer.evaluate import classification_metrics
@@ -48,14 +48,6 @@ class ExportInfo:
 
     uris: list[str]
     manifest: dict[str, Any]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pixels(data: Dataset) -> np.ndarray:

@@ -11,18 +11,9 @@ import shutil
 from pathlib import Path
 
 from common.errors import StorageUnavailable
+from common.model_store import split_gcs_uri
 
 MANIFEST = "manifest.json"
-
-
-def split_gs_uri(uri: str) -> tuple[str, str]:
-    """``gs://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
-    if not uri.startswith("gs://"):
-        raise ValueError(f"not a gs:// URI: {uri!r}")
-    bucket, _, prefix = uri[len("gs://"):].partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in {uri!r}")
-    return bucket, prefix.strip("/")
 
 
 def _ordered(files: list[Path]) -> list[Path]:
@@ -49,7 +40,7 @@ def _upload(files: list[Path], uri: str) -> list[str]:
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
-    bucket_name, prefix = split_gs_uri(uri)
+    bucket_name, prefix = split_gcs_uri(uri)
     try:
         client = storage.Client()
         bucket = client.bucket(bucket_name)

@@ -14,8 +14,10 @@ Each broker lives in its own package with the same file names (``publisher``, ``
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from common.errors import BrokerUnavailable, PipelineError
 from common.messaging.base import (
     CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -35,6 +37,7 @@ __all__ = [
     "Message",
     "MessageCallback",
     "Payload",
+    "SharedPublisher",
     "make_listener",
     "make_publisher",
 ]
@@ -66,3 +69,36 @@ def make_listener(settings: Settings, source: str, **options: Any) -> BasicListe
     from common.messaging.pubsub.listener import PubSubListener
 
     return PubSubListener(settings.project_id, source, **options)
+
+
+class SharedPublisher:
+    """One publisher per process, created on first use and shared by every request a function serves.
+
+    Creating it lazily keeps cold starts short and lets a function instance start while the broker is
+    down; a failed creation raises :class:`BrokerUnavailable` and is tried again on the next call.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._publisher: BasicPublisher | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        """Whether a publisher exists yet (health checks report it)."""
+        return self._publisher is not None
+
+    def get(self) -> BasicPublisher:
+        """The publisher, created under a lock by the first caller."""
+        if self._publisher is None:
+            with self._lock:
+                if self._publisher is None:
+                    try:
+                        self._publisher = make_publisher(self._settings)
+                    except PipelineError:
+                        raise
+                    except Exception as exc:  # e.g. Kafka: no broker reachable at construction
+                        raise BrokerUnavailable(
+                            f"cannot connect to the {self._settings.broker} broker: {exc}"
+                        ) from exc
+        return self._publisher

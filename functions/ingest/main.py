@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -40,7 +39,7 @@ from ingest_edge import (
 
 from common.contract import make_error
 from common.errors import BrokerUnavailable, InvalidRequest, PayloadTooLarge, PipelineError
-from common.messaging import BasicPublisher, make_publisher
+from common.messaging import SharedPublisher
 from common.messaging.base import message_size
 from common.predict_handler import configure_logging
 from common.settings import Settings
@@ -50,25 +49,9 @@ SETTINGS = Settings.from_env()
 configure_logging(SETTINGS.log_level)  # Cloud Logging JSON lines, as predict writes them
 log = logging.getLogger("ingest")
 
-_publisher: BasicPublisher | None = None
-_publisher_lock = threading.Lock()
+PUBLISHER = SharedPublisher(SETTINGS)  # created on first use, shared by every request of this instance
 
 Response = tuple[str, int, dict[str, str]]
-
-
-def get_publisher() -> BasicPublisher:
-    """The instance's one publisher, created on first use (a failed creation is retried next time)."""
-    global _publisher
-    if _publisher is None:
-        with _publisher_lock:
-            if _publisher is None:
-                try:
-                    _publisher = make_publisher(SETTINGS)
-                except PipelineError:
-                    raise
-                except Exception as exc:  # e.g. Kafka: no broker reachable at construction
-                    raise BrokerUnavailable(f"cannot connect to the {SETTINGS.broker} broker: {exc}") from exc
-    return _publisher
 
 
 @functions_framework.http
@@ -130,7 +113,7 @@ def publish_all(accepted: list[Accepted]) -> Response:
     """Publish every request, wait for every confirmation, and say exactly which ones made it."""
     ids = [item.request_id for item in accepted]
     try:
-        publisher = get_publisher()
+        publisher = PUBLISHER.get()
     except PipelineError as exc:
         return _broker_down(exc, published=[], failed=ids)
     for item in accepted:
@@ -201,7 +184,7 @@ def health() -> dict[str, Any]:
         "function": "ingest",
         "model": {"name": SETTINGS.model_name, "uri": SETTINGS.model_uri, "runtime": SETTINGS.model_runtime},
         "broker": broker,
-        "publisher_started": _publisher is not None,
+        "publisher_started": PUBLISHER.started,
         "limits": {
             "max_request_bytes": SETTINGS.max_request_bytes,
             "max_images_per_request": SETTINGS.max_images_per_request,

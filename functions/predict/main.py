@@ -18,13 +18,11 @@ Cloud Logging JSON lines carrying request id, model version and latency.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import functions_framework
 
-from common.errors import BrokerUnavailable, PipelineError
-from common.messaging import BasicPublisher, make_publisher
+from common.messaging import SharedPublisher
 from common.predict_handler import PredictHandler, configure_logging, publish_outcomes
 from common.settings import Settings
 
@@ -35,27 +33,11 @@ log = logging.getLogger("predict")
 
 HANDLER = PredictHandler(SETTINGS)  # the model itself loads on the first message
 
-_publisher: BasicPublisher | None = None
-_publisher_lock = threading.Lock()
-
-
-def get_publisher() -> BasicPublisher:
-    """The instance's one publisher, created on first use (a failed creation is retried next time)."""
-    global _publisher
-    if _publisher is None:
-        with _publisher_lock:
-            if _publisher is None:
-                try:
-                    _publisher = make_publisher(SETTINGS)
-                except PipelineError:
-                    raise
-                except Exception as exc:
-                    raise BrokerUnavailable(f"cannot connect to the {SETTINGS.broker} broker: {exc}") from exc
-    return _publisher
+PUBLISHER = SharedPublisher(SETTINGS)  # created on first use, shared by every request of this instance
 
 
 @functions_framework.cloud_event
 def predict(cloud_event: Any) -> None:
     """Entry point (``--target predict``): one Pub/Sub message in, one result or error out."""
     outcomes = HANDLER.handle_events([cloud_event])
-    publish_outcomes(get_publisher(), outcomes, SETTINGS)
+    publish_outcomes(PUBLISHER.get(), outcomes, SETTINGS)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from fm_synth import load_idx
 
+from common.model_store import sha256_file
+
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot"]
 CACHE_ROOT = Path(os.path.expanduser("~/.cache/fashion-pipeline-tests"))
@@ -23,14 +25,6 @@ CACHE_ROOT = Path(os.path.expanduser("~/.cache/fashion-pipeline-tests"))
 
 def _recipe_hash() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(folder: Path, *, test_accuracy: float, params: int, created: datetime) -> dict[str, object]:

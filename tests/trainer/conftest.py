@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-from trainer_helpers import OFFICIAL_DIR
+from trainer_helpers import OFFICIAL_DIR, SmokeRun
 
 from trainer.config import TrainConfig
-from trainer.data.dataset import Dataset, stratified_split
+from trainer.data.dataset import stratified_split
 from trainer.data.idx import load_official
-from trainer.train import TrainResult, train
-
-
-@dataclass
-class SmokeRun:
-    cfg: TrainConfig
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    result: TrainResult
-    run_dir: Path
-    seconds: float
-    cpu_seconds: float
+from trainer.train import train
 
 
 @pytest.fixture(scope="session")

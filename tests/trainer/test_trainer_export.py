@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from conftest import SmokeRun
+from trainer_helpers import SmokeRun
 
 from trainer.export import export_model
 from trainer.litert import LiteRTModel

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SmokeRun
+from trainer_helpers import SmokeRun
 
 from trainer.config import TrainConfig
 from trainer.train import BEST_WEIGHTS, LAST_MODEL, STATE_FILE, train

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.data.dataset import Dataset
+from trainer.train import TrainResult
 
 OFFICIAL_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -44,3 +49,17 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, names: list
         if not cv2.imwrite(str(d / f"{i:05d}{ext}"), img):
             raise OSError(f"could not write {d / f'{i:05d}{ext}'}")
     return root
+
+
+@dataclass
+class SmokeRun:
+    """What the session-wide smoke training run (conftest.py) produced."""
+
+    cfg: TrainConfig
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    result: TrainResult
+    run_dir: Path
+    seconds: float
+    cpu_seconds: float
