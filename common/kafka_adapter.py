@@ -34,6 +34,7 @@ from typing import Any
 
 from common.errors import BrokerUnavailable, PipelineError
 from common.messaging.base import BasicPublisher, Message
+from common.messaging.kafka.listener import KafkaListener
 from common.predict_handler import (
     Envelope,
     PredictHandler,
@@ -108,8 +109,8 @@ class KafkaPredictAdapter:
                                                         "runtime": model.runtime}})
         self._publisher = self._new_publisher()
         try:
-            self._listener = rescuing_listener(self.settings.kafka_bootstrap_servers, self.settings.requests_topic,
-                                               group_id=self.settings.kafka_group_id, **self.listener_options)
+            self._listener = KafkaListener(self.settings.kafka_bootstrap_servers, self.settings.requests_topic,
+                                           group_id=self.settings.kafka_group_id, **self.listener_options)
             self._created.set()
             try:
                 log.info("consuming", extra={"json_fields": {
@@ -167,45 +168,6 @@ class KafkaPredictAdapter:
                 **fields, "max_poll_interval_ms": self.max_poll_interval_ms}})
         else:
             log.debug("batch answered", extra={"json_fields": fields})
-
-
-def rescue_orphaned_join(consumer: Any) -> bool:
-    """Finish a group join that kafka-python 3.0.12 would otherwise drop; True if one was rescued.
-
-    Seen here and reproduced on a real broker: when a rebalance is started by a metadata change
-    (the consumer joined before it knew the topic's partitions, or partitions were added) and
-    ``poll()`` times out while the JoinGroup/SyncGroup task is in flight, the task completes in
-    the background, nothing reports it (``need_rejoin()`` is already False), so the assignment is
-    never applied and heartbeats stay off: the member is evicted and never fetches again. The
-    micro-batch loop polls with short timeouts, so it hits this. Marking the member as needing a
-    rejoin makes the next ``poll()`` run a fresh join that completes normally.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    task = getattr(coordinator, "_join_task", None)
-    if coordinator is None or task is None or not getattr(task, "is_done", False):
-        return False
-    if coordinator.need_rejoin():
-        return False
-    coordinator.rejoin_needed = True
-    log.warning("kafka-python dropped a finished group join; rejoining")
-    return True
-
-
-def rescuing_listener(bootstrap_servers: str, topic: str, **options: Any) -> Any:
-    """A KafkaListener whose polls are followed by :func:`rescue_orphaned_join`.
-
-    A subclass made here, not a change to the messaging package: the workaround belongs in the
-    listener itself once it is adopted there.
-    """
-    from common.messaging.kafka.listener import KafkaListener
-
-    class RescuingKafkaListener(KafkaListener):
-        def _poll(self, timeout_ms: int, max_records: int | None) -> dict[Any, list[Any]]:
-            polled = super()._poll(timeout_ms, max_records)
-            rescue_orphaned_join(self._consumer)
-            return polled
-
-    return RescuingKafkaListener(bootstrap_servers, topic, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -220,17 +220,17 @@ def test_console_command_finishes_its_batch_and_exits_0_on_sigterm(
 
 
 def test_rebalance_after_adding_partitions_completes_despite_short_polls(kafka_broker: Any) -> None:
-    """kafka-python 3.0.12 drops such a join (see rescue_orphaned_join); the adapter's listener does not."""
+    """kafka-python 3.0.12 drops such a join (see rescue_orphaned_join); our KafkaListener does not."""
     from kafka.admin import NewPartitions
 
-    from common.kafka_adapter import rescuing_listener
+    from common.messaging.kafka.listener import KafkaListener
 
     bootstrap = kafka_broker.bootstrap_servers
     topic = f"grow-{uuid.uuid4().hex[:6]}"
     ensure_topic(bootstrap, topic, 1)
     # poll_timeout_ms=1: every poll gives up long before a JoinGroup round trip ends.
-    listener = rescuing_listener(bootstrap, topic, group_id=f"grp-{topic}", poll_timeout_ms=1,
-                                 metadata_max_age_ms=500, **FAST_GROUP)
+    listener = KafkaListener(bootstrap, topic, group_id=f"grp-{topic}", poll_timeout_ms=1,
+                             metadata_max_age_ms=500, **FAST_GROUP)
     seen: list[int] = []
     thread = threading.Thread(target=listener.listen_batch,
                               args=(lambda batch: seen.extend(m.raw.partition for m in batch), 8, 0), daemon=True)

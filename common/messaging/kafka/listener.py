@@ -267,6 +267,7 @@ class KafkaListener(BasicListener):
         polled: dict[TopicPartition, list[Any]] = self._consumer.poll(
             timeout_ms=timeout_ms, max_records=max_records
         )
+        rescue_orphaned_join(self._consumer)
         return polled
 
     def _attempt(self, tp: TopicPartition, offset: int) -> int:
@@ -319,3 +320,25 @@ class KafkaListener(BasicListener):
             self._consumer.close(autocommit=False)
         except kerr.KafkaError:
             log.debug("KafkaConsumer.close failed", exc_info=True)
+
+
+def rescue_orphaned_join(consumer: Any) -> bool:
+    """Finish a group join that kafka-python 3.0.12 would otherwise drop; True if one was rescued.
+
+    Seen here and reproduced on a real broker: when a rebalance is started by a metadata change
+    (the consumer joined before it knew the topic's partitions, or partitions were added) and
+    ``poll()`` times out while the JoinGroup/SyncGroup task is in flight, the task completes in
+    the background, nothing reports it (``need_rejoin()`` is already False), so the assignment is
+    never applied and heartbeats stay off: the member is evicted and never fetches again. The
+    micro-batch loop polls with short timeouts, so it hits this. Marking the member as needing a
+    rejoin makes the next ``poll()`` run a fresh join that completes normally.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_join_task", None)
+    if coordinator is None or task is None or not getattr(task, "is_done", False):
+        return False
+    if coordinator.need_rejoin():
+        return False
+    coordinator.rejoin_needed = True
+    log.warning("kafka-python dropped a finished group join; rejoining")
+    return True
