@@ -70,10 +70,33 @@ def bench_adapter(bootstrap: str, images: np.ndarray, n: int, work: Path, timeou
     answers, kinds = collector.snapshot()
     errors = sum(1 for k in ids if "error" in kinds.get(k, set()))
     seconds = last - first
+    stamped = result_timestamps_s(bootstrap, names.results, n)
     # The first result arrives with its whole batch; count the n-1 after it over the elapsed time.
     return {"requests": n, "produce_s": round(produce_s, 2), "first_to_last_s": round(seconds, 3),
             "predictions_per_s": round((n - 1) / seconds, 1) if seconds > 0 else None,
-            "errors": errors, "duplicates": sum(len(v) - 1 for k, v in answers.items() if k in ids)}
+            "errors": errors, "duplicates": sum(len(v) - 1 for k, v in answers.items() if k in ids),
+            # Cross-check independent of this process's reader: the results' own (producer) timestamps.
+            "record_timestamps_first_to_last_s": round(stamped, 3),
+            "predictions_per_s_by_record_timestamps": round((n - 1) / stamped, 1) if stamped > 0 else None}
+
+
+def result_timestamps_s(bootstrap: str, topic: str, n: int) -> float:
+    """Seconds between the earliest and latest record timestamp on ``topic`` (``n`` records)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        stamps: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(stamps) < n and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                stamps.extend(r.timestamp for r in records)
+    finally:
+        consumer.close()
+    return (max(stamps) - min(stamps)) / 1000.0 if stamps else 0.0
 
 
 def bench_seed(bootstrap: str, images: np.ndarray, n: int, timeout: float) -> dict[str, Any]:
