@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,20 @@ class _EnvPatch:
                 os.environ[key] = old
 
 
+def _run_for_session(service: Any, env_var: str | None = None) -> Iterator[Any]:
+    """Start ``service``, point ``env_var`` at its address for the session, and always clean it up."""
+    try:
+        service.start()
+        patch = _EnvPatch({env_var: service.env()[env_var]}) if env_var else None
+        try:
+            yield service
+        finally:
+            if patch is not None:
+                patch.undo()
+    finally:
+        service.cleanup()
+
+
 @pytest.fixture(scope="session")
 def pubsub_emulator() -> Iterator[PubSubEmulator | ExternalPubSub]:
     """A Pub/Sub emulator; ``.host`` ("127.0.0.1:PORT"), ``.project``. Sets PUBSUB_EMULATOR_HOST."""
@@ -54,16 +69,7 @@ def pubsub_emulator() -> Iterator[PubSubEmulator | ExternalPubSub]:
     if external:
         yield ExternalPubSub(host=external, project=os.environ.get("PUBSUB_PROJECT_ID", "local-project"))
         return
-    emulator = PubSubEmulator()
-    try:
-        emulator.start()
-        patch = _EnvPatch({"PUBSUB_EMULATOR_HOST": emulator.host})
-        try:
-            yield emulator
-        finally:
-            patch.undo()
-    finally:
-        emulator.cleanup()
+    yield from _run_for_session(PubSubEmulator(), "PUBSUB_EMULATOR_HOST")
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +79,7 @@ def gcs_emulator() -> Iterator[StorageEmulator | ExternalStorage]:
     if external:
         yield ExternalStorage(endpoint=external)
         return
-    emulator = StorageEmulator()
-    try:
-        emulator.start()
-        patch = _EnvPatch({"STORAGE_EMULATOR_HOST": emulator.endpoint})
-        try:
-            yield emulator
-        finally:
-            patch.undo()
-    finally:
-        emulator.cleanup()
+    yield from _run_for_session(StorageEmulator(), "STORAGE_EMULATOR_HOST")
 
 
 @pytest.fixture(scope="session")
@@ -96,12 +93,7 @@ def kafka_broker() -> Iterator[KafkaBroker | ExternalKafka]:
     if external:
         yield ExternalKafka(bootstrap_servers=external)
         return
-    broker = KafkaBroker()
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.cleanup()
+    yield from _run_for_session(KafkaBroker())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
