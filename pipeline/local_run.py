@@ -394,10 +394,11 @@ def keep_running(ingest_url: str, env: dict[str, str], settings: Settings) -> No
     if settings.broker == "kafka":
         env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
     exports = " ".join(f"{key}={value}" for key, value in sorted(env.items()))
-    say(f"still serving; in another shell: export {exports} "
-        f"CLOUDSDK_CORE_PROJECT={settings.project_id} GCP_PROJECT={settings.project_id} BROKER={settings.broker}")
-    say(f"ingest: {ingest_url}   results follow: python -m pipeline.results   (Ctrl-C stops everything)")
+    # Ctrl-C may come as soon as the first line is out, so the messages sit inside the suppression too.
     with contextlib.suppress(KeyboardInterrupt):
+        say(f"still serving; in another shell: export {exports} "
+            f"CLOUDSDK_CORE_PROJECT={settings.project_id} GCP_PROJECT={settings.project_id} BROKER={settings.broker}")
+        say(f"ingest: {ingest_url}   results follow: python -m pipeline.results   (Ctrl-C stops everything)")
         while True:
             signal.pause()
 

@@ -20,10 +20,12 @@ def test_smoke_training_learns_within_a_minute(smoke_run: SmokeRun) -> None:
     # because wall time depends on what else runs on the shared cores.
     assert smoke_run.cpu_seconds < 150, (smoke_run.cpu_seconds, smoke_run.seconds)
     assert r.epochs_run == 4 and len(r.history["val_accuracy"]) == 4
-    assert r.best_val_accuracy > 0.75  # chance is 0.10
+    # Chance is 0.10. Four epochs do not converge, so the figure moves with the CPU's kernels even with
+    # fixed seeds: 0.79 on the development machine, 0.71 on a CI machine. 0.6 still proves learning.
+    assert r.best_val_accuracy > 0.6
     assert r.history["loss"][-1] < r.history["loss"][0]
     probs = r.classifier.predict(smoke_run.test.images[..., None] / 255.0, verbose=0)
-    assert (probs.argmax(1) == smoke_run.test.labels).mean() > 0.75  # on unseen test images too
+    assert (probs.argmax(1) == smoke_run.test.labels).mean() > 0.6  # on unseen test images too
     for name in (STATE_FILE, LAST_MODEL, BEST_WEIGHTS):
         assert (smoke_run.run_dir / name).exists()
 
