@@ -11,6 +11,7 @@ same command again continues where it stopped (or, when training had finished, o
 
 Examples:
   fashion-train --out models/fashion-cnn                         # the bundled model (about 70 min)
+  fashion-train --no-quantize --out runs/f32                     # the same weights as a float32 file
   fashion-train --data download --run dl --out gs://bucket/models/fashion-cnn
   fashion-train --data csv --train-csv train.csv --test-csv test.csv --out runs/csv-model
   fashion-train --data folder --train-folder photos/ --image-size 28x28 --out runs/photos
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
                        help="do not average each image with its mirror image in the exported graph "
                             "(halves inference FLOPs, costs about 0.25%% accuracy)")
+    model.add_argument("--no-quantize", dest="quantize", action="store_false",
+                       help="export a float32 model.tflite instead of the default int8 one (int8: weights and "
+                            "activations calibrated on training images, about 3.5x faster, same accuracy)")
     model.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
     model.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
     model.add_argument("--max-lr", type=float, default=d.max_lr,
@@ -140,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         widths=tuple(args.widths), blocks_per_stage=args.blocks_per_stage, dropout=args.dropout,
         epochs=args.epochs, batch_size=args.batch_size, max_lr=args.max_lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, val_fraction=args.val_fraction, patience=args.patience,
-        min_epochs=args.min_epochs, seed=args.seed, flip_tta=args.flip_tta,
+        min_epochs=args.min_epochs, seed=args.seed, flip_tta=args.flip_tta, quantize=args.quantize,
         augment=AugmentConfig(flip=False, max_shift=0, erase_prob=0.0) if args.no_augment else AugmentConfig(),
     )
 
@@ -208,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fashion-train: {exc}", file=sys.stderr)
         return 2
 
-    from trainer.export import export_model
+    from trainer.export import ExportError, export_model
     from trainer.train import train
 
     result = train(split.train, split.val, cfg, Path(args.checkpoint_dir) / args.run, log_every=args.log_every)
@@ -217,8 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fashion-train: no test data given; the exported metrics are on the validation split, "
               "which also chose the best epoch, so they are optimistic", file=sys.stderr)
     command = "fashion-train " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    info = export_model(result, cfg, eval_data, args.out or f"runs/{args.run}", evaluated_on=evaluated_on,
-                        model_name=args.model_name, extra_metrics={"command": command})
+    try:
+        # Calibration images come from the training split only, never from the data the metrics are on.
+        info = export_model(result, cfg, eval_data, args.out or f"runs/{args.run}", calibration=split.train,
+                            evaluated_on=evaluated_on, model_name=args.model_name,
+                            extra_metrics={"command": command})
+    except ExportError as exc:
+        print(f"fashion-train: export failed, nothing was written: {exc}", file=sys.stderr)
+        return 1
     summary = {"accuracy_on": evaluated_on, **info.manifest["metrics"], "version": info.manifest["version"],
                "files": info.uris}
     print(json.dumps(summary, indent=2))

@@ -7,6 +7,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+# Fields that only change how the trained weights are exported, so a finished run can be re-exported
+# with other values (the checkpoint's fingerprint ignores them).
+EXPORT_ONLY = frozenset({"flip_tta", "quantize"})
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -44,6 +48,9 @@ class TrainConfig:
     min_epochs: int = 30
     seed: int = 1234
     flip_tta: bool = True
+    # Serve an int8 flatbuffer (weights and activations, calibrated on training images): about 3.5x the
+    # float32 throughput on this machine at the same accuracy. Export checks it against Keras.
+    quantize: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -59,6 +66,6 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the trained weights (a checkpoint must match it)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k != "flip_tta"}
+        relevant = {k: v for k, v in self.to_dict().items() if k not in EXPORT_ONLY}
         blob = json.dumps(relevant, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

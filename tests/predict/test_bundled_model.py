@@ -54,8 +54,11 @@ def test_photos_of_test_garments_stay_close_to_the_recorded_accuracy(
 @pytest.mark.slow
 def test_keras_runtime_serves_the_same_predictions(bundled: FMPredictor,
                                                    fashion_test: tuple[np.ndarray, np.ndarray]) -> None:
+    # The served model.tflite is int8 and model.keras float32: switching MODEL_RUNTIME may flip a
+    # near-tie and moves scores by quantisation noise, but must not change what users get otherwise.
     keras = FMPredictor(str(BUNDLED), settings=make_settings(model_runtime="keras"))
-    x = fashion_test[0][:500]
+    x = fashion_test[0][:1000]
     a, b = bundled.predict_pixels(x, 3), keras.predict_pixels(x, 3)
-    assert [p["class_id"] for p in a] == [p["class_id"] for p in b]
-    assert max(abs(p["score"] - q["score"]) for p, q in zip(a, b, strict=True)) < 1e-4
+    same = [p["class_id"] == q["class_id"] for p, q in zip(a, b, strict=True)]
+    assert np.mean(same) >= 0.99
+    assert np.mean([abs(p["score"] - q["score"]) for p, q in zip(a, b, strict=True)]) < 0.01

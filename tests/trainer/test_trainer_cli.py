@@ -19,7 +19,7 @@ def test_help_documents_every_option() -> None:
     assert undocumented == []
     text = parser.format_help()
     for option in ("--data", "--train-csv", "--train-folder", "--download-base", "--epochs", "--out",
-                   "--run", "--checkpoint-dir", "--no-flip-tta", "--limit"):
+                   "--run", "--checkpoint-dir", "--no-flip-tta", "--no-quantize", "--limit"):
         assert option in text
 
 
@@ -65,6 +65,9 @@ def test_csv_run_takes_size_and_classes_from_the_data(tmp_path: Path) -> None:
     assert lite.predict(np.zeros((2, 16, 16, 1), np.float32)).shape == (2, 3)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["command"].startswith("fashion-train --data csv")
-    # The same command again finds the finished run and only exports.
-    assert main(argv) == 0
-    assert json.loads((out / "metrics.json").read_text())["history"] == metrics["history"]
+    assert metrics["quantization"] == "int8" and metrics["calibration"]["source"].endswith("train.csv[train]")
+    # The same command again, as float32, finds the finished run and only exports.
+    assert main([*argv, "--no-quantize"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["history"] == metrics["history"]
+    assert again["quantization"] == "none" and again["calibration"] is None
