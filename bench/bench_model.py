@@ -5,7 +5,12 @@
 All paths run the same exported graph on real Fashion-MNIST test images in one process, so the
 numbers compare directly. The Keras per-image ``model.predict`` baseline is what a naive server
 would do per message; a ``tf.function`` call per image and batched Keras are shown for context.
-The table is printed and the numbers are written as JSON to ``bench/results/bench_model.json``.
+
+A second table compares the float32 and the int8 flatbuffer of the same weights (accuracy on the
+10,000 test images, images/s at batch 1 and 256 on 1 and 2 threads), both measured in this run: the
+float32 file is converted from ``model.keras`` here, the int8 one is the served ``model.tflite``
+(or, when the folder holds a float32 export, quantised here from 2,000 training images).
+The tables are printed and the numbers are written as JSON to ``bench/results/bench_model.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from trainer.data.idx import load_official  # noqa: E402
-from trainer.litert import LiteRTModel  # noqa: E402
+from trainer.litert import LiteRTModel, calibration_images, to_tflite  # noqa: E402
 
 
 def _timed_calls(fn: Callable[[], object], seconds: float, min_calls: int, max_calls: int) -> list[float]:
@@ -78,16 +83,46 @@ def run(model_dir: Path, seconds: float) -> dict[str, Any]:
     for r in rows:
         r["gflops_per_s"] = r["images_per_s"] * mflops / 1e3
     # The test split through LiteRT, to show speed and accuracy come from the same artifact.
+    labels = load_official(split="test").labels
     t0 = time.perf_counter()
-    acc = float((lite.predict(x).argmax(1) == load_official(split="test").labels).mean())
+    acc = float((lite.predict(x).argmax(1) == labels).mean())
     full_s = time.perf_counter() - t0
+    quantization = str(manifest["metrics"].get("quantization", "none"))
     return {
         "model_dir": str(model_dir), "model_version": manifest["version"], "mflops_per_image": mflops,
-        "params": manifest["metrics"]["params"], "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "params": manifest["metrics"]["params"], "served_quantization": quantization,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "load_average_at_start": os.getloadavg()[0], "rows": rows,
         "litert_test_split": {"images": len(x), "seconds": full_s, "accuracy": acc},
+        "float32_vs_int8": compare_quantization(model_dir, km, quantization, x, labels, seconds),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def compare_quantization(model_dir: Path, km: Any, served: str, x: np.ndarray, labels: np.ndarray,
+                         seconds: float) -> list[dict[str, Any]]:
+    """Accuracy and images/s of the float32 and the int8 flatbuffer of the same weights, in one process."""
+    files = {"float32": to_tflite(km)}
+    if served == "int8":
+        files["int8"] = (model_dir / "model.tflite").read_bytes()
+    else:
+        files["int8"] = to_tflite(km, calibration_images(load_official(split="train"), seed=1234))
+    rows = []
+    rng = np.random.default_rng(1)
+    for name, blob in files.items():
+        accuracy = float((LiteRTModel(blob, num_threads=2).predict(x).argmax(1) == labels).mean())
+        for threads in (1, 2):
+            model = LiteRTModel(blob, num_threads=threads)
+            for batch in (1, 256):
+                def call(m: LiteRTModel = model, b: int = batch) -> object:
+                    start = int(rng.integers(0, len(x) - b + 1))
+                    return m.predict(x[start:start + b], batch_size=b)
+
+                times = _timed_calls(call, seconds / 2, 10 if batch > 1 else 200, 20000)
+                row = _row(f"LiteRT {name}", times, batch)
+                rows.append({**row, "flatbuffer": name, "threads": threads, "accuracy": accuracy,
+                             "bytes": len(blob)})
+    return rows
 
 
 def main() -> int:
@@ -106,7 +141,14 @@ def main() -> int:
         print(f"{r['path']:42} {r['batch']:>5} {r['median_ms']:>10.3f} {r['p95_ms']:>9.3f} "
               f"{r['images_per_s']:>10.0f} {r['speedup_per_image_vs_baseline']:>10.1f}")
     t = res["litert_test_split"]
-    print(f"LiteRT on the {t['images']} test images: {t['seconds']:.2f} s, accuracy {t['accuracy']:.4f}")
+    print(f"LiteRT on the {t['images']} test images: {t['seconds']:.2f} s, accuracy {t['accuracy']:.4f} "
+          f"(served file: {res['served_quantization']})")
+    print()
+    print(f"{'flatbuffer':10} {'bytes':>8} {'accuracy':>8} {'threads':>7} {'batch':>5} {'median ms':>10} "
+          f"{'images/s':>10}")
+    for r in res["float32_vs_int8"]:
+        print(f"{r['flatbuffer']:10} {r['bytes']:>8} {r['accuracy']:>8.4f} {r['threads']:>7} {r['batch']:>5} "
+              f"{r['median_ms']:>10.3f} {r['images_per_s']:>10.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")
