@@ -8,7 +8,8 @@ Each Kafka record is wrapped in the very CloudEvent shape Pub/Sub delivers to th
 :meth:`PredictHandler.handle_events` the function's entry point calls; only the transport differs:
 
 * Records are gathered into micro-batches of up to ``--max-batch`` records or ``--max-wait-ms``
-  after the first one, and every image of a batch goes through one model call.
+  after the first one, and every image of a batch goes through one model call, on a model thread:
+  the next batch is polled and parsed meanwhile (``--max-in-flight`` batches at most).
 * Results and errors are produced to their topics (acks=all) and the batch's offsets are committed
   only after every produce was acknowledged. If anything transient fails (storage, broker), nothing
   is committed, the partitions are rewound and the batch is delivered again (at-least-once; a
@@ -29,6 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -38,6 +40,7 @@ from common.messaging.kafka.listener import KafkaListener
 from common.predict_handler import (
     Envelope,
     PredictHandler,
+    Prepared,
     configure_logging,
     event_from_envelope,
     publish_outcomes,
@@ -46,8 +49,9 @@ from common.settings import Settings
 
 log = logging.getLogger("predict.kafka")
 
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_WAIT_MS = 20
+DEFAULT_MAX_IN_FLIGHT = 2  # one batch being prepared while the model answers the previous one
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
 
@@ -68,21 +72,24 @@ class KafkaPredictAdapter:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait_ms: int = DEFAULT_MAX_WAIT_MS,
         max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         **listener_options: Any,
     ) -> None:
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if max_batch < 1 or max_wait_ms < 0 or max_in_flight < 1:
+            raise ValueError("max_batch and max_in_flight must be >= 1 and max_wait_ms >= 0")
         self.settings = settings
         self.handler = handler or PredictHandler(settings)
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         self.max_poll_interval_ms = max_poll_interval_ms
+        self.max_in_flight = max_in_flight
         self.listener_options = {"max_poll_interval_ms": max_poll_interval_ms,
                                  "max_poll_records": max_batch, **listener_options}
         self.stop_event = threading.Event()
         self.batches = 0
         self.records = 0
         self._publisher: BasicPublisher | None = None
+        self._worker: ThreadPoolExecutor | None = None
         self._listener: Any = None
         self._created = threading.Event()
 
@@ -108,6 +115,7 @@ class KafkaPredictAdapter:
         log.info("model loaded", extra={"json_fields": {"model_version": model.manifest.version,
                                                         "runtime": model.runtime}})
         self._publisher = self._new_publisher()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-model")
         try:
             self._listener = KafkaListener(self.settings.kafka_bootstrap_servers, self.settings.requests_topic,
                                            group_id=self.settings.kafka_group_id, **self.listener_options)
@@ -117,10 +125,11 @@ class KafkaPredictAdapter:
                     "topic": self.settings.requests_topic, "group_id": self.settings.kafka_group_id,
                     "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms}})
                 self._listener.listen_batch(self._on_batch, self.max_batch, self.max_wait_ms,
-                                            stop_event=self.stop_event)
+                                            stop_event=self.stop_event, max_in_flight=self.max_in_flight)
             finally:
                 self._listener.close()
         finally:
+            self._worker.shutdown(wait=True)
             if self._publisher is not None:
                 self._publisher.close()
         log.info("stopped", extra={"json_fields": {"batches": self.batches, "records": self.records}})
@@ -145,11 +154,22 @@ class KafkaPredictAdapter:
         except Exception:  # it is being discarded because it is broken
             log.debug("closing the old producer failed", exc_info=True)
 
-    def _on_batch(self, messages: list[Message]) -> None:
-        """One micro-batch: the shared handler, then produce and wait; the listener commits after."""
+    def _on_batch(self, messages: list[Message]) -> Future[None]:
+        """Prepare one micro-batch here, then hand it to the model thread; the future says when it is done.
+
+        Preparing (parsing, decoding images) runs while the model thread still answers the previous
+        batch, and the model call releases the GIL while this thread polls and parses, so the two
+        overlap on two cores. The listener commits the batch's offsets once the future resolved.
+        """
         started = time.monotonic()
         events = [record_event(m, self.settings.requests_topic) for m in messages]
-        outcomes = self.handler.handle_events(events)  # TransientError propagates: no commit, redelivery
+        prepared = self.handler.prepare_events(events)  # TransientError propagates: no commit, redelivery
+        assert self._worker is not None
+        return self._worker.submit(self._finish_batch, prepared, started)
+
+    def _finish_batch(self, prepared: Prepared, started: float) -> None:
+        """On the model thread: one model call, then produce every outcome and wait for the acks."""
+        outcomes = self.handler.finish(prepared)  # TransientError: the future fails, the batch comes again
         if self._publisher is None:  # dropped after a failed batch; the broker may be back
             self._publisher = self._new_publisher()
         try:
@@ -158,9 +178,9 @@ class KafkaPredictAdapter:
             self._drop_publisher()
             raise
         self.batches += 1
-        self.records += len(messages)
+        self.records += prepared.count
         elapsed_ms = (time.monotonic() - started) * 1000
-        fields = {"records": len(messages), "errors": sum(not o.ok for o in outcomes),
+        fields = {"records": prepared.count, "errors": sum(not o.ok for o in outcomes),
                   "batch_ms": round(elapsed_ms, 1)}
         if elapsed_ms > self.max_poll_interval_ms / 2:
             # Half of max.poll.interval.ms gone in one batch: the group may soon evict this member.
@@ -184,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"records per model call at most (default {DEFAULT_MAX_BATCH})")
     parser.add_argument("--max-wait-ms", type=int, default=DEFAULT_MAX_WAIT_MS,
                         help=f"wait after a batch's first record (default {DEFAULT_MAX_WAIT_MS})")
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                        help="batches started before the oldest is committed (default %(default)s)")
     parser.add_argument("--max-poll-interval-ms", type=int, default=DEFAULT_MAX_POLL_INTERVAL_MS,
                         help="Kafka max.poll.interval.ms; a batch must finish within it")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="Kafka session.timeout.ms")
@@ -203,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     adapter = KafkaPredictAdapter(settings, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                  max_poll_interval_ms=args.max_poll_interval_ms,
+                                  max_poll_interval_ms=args.max_poll_interval_ms, max_in_flight=args.max_in_flight,
                                   session_timeout_ms=args.session_timeout_ms,
                                   heartbeat_interval_ms=args.heartbeat_interval_ms)
 

@@ -168,6 +168,16 @@ class _Pending:
     predictions: list[Prediction] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch between :meth:`PredictHandler.prepare` and :meth:`PredictHandler.finish`: inputs
+    already answered (rejected) and inputs waiting for the model, both keyed by input position."""
+
+    count: int
+    outcomes: dict[int, Outcome]
+    pending: dict[int, _Pending]
+
+
 class PredictHandler:
     """Turns envelopes into outcomes with one model call per batch; holds the lazily loaded model."""
 
@@ -177,20 +187,36 @@ class PredictHandler:
 
     def handle_events(self, events: Sequence[Any]) -> list[Outcome]:
         """Outcomes for CloudEvents, in order; a malformed event becomes an error outcome."""
-        envelopes: list[Envelope | Outcome] = []
+        return self.finish(self.prepare_events(events))
+
+    def handle(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        """Outcomes for envelopes, in order. Raises TransientError when a retry can help."""
+        return self.finish(self.prepare(envelopes))
+
+    def prepare_events(self, events: Sequence[Any]) -> Prepared:
+        """:meth:`prepare` for CloudEvents: a malformed event is answered with an error outcome."""
+        envelopes: list[Envelope] = []
+        rejected: dict[int, Outcome] = {}
         for i, event in enumerate(events):
             try:
                 envelopes.append(envelope_from_event(event))
             except PermanentError as exc:
                 message_id = str(_field(event, "id") or f"event-{i}")
                 log.warning("malformed event", extra={"json_fields": {"message_id": message_id, "code": exc.code}})
-                envelopes.append(_error_outcome(exc, Envelope(b"", {}, message_id)))
-        ready = [e for e in envelopes if isinstance(e, Envelope)]
-        handled = iter(self.handle(ready))
-        return [e if isinstance(e, Outcome) else next(handled) for e in envelopes]
+                rejected[i] = _error_outcome(exc, Envelope(b"", {}, message_id))
+        prepared = self.prepare(envelopes)
+        if not rejected:
+            return prepared
+        position = [i for i in range(len(events)) if i not in rejected]  # envelope j came from event position[j]
+        return Prepared(len(events), {**rejected, **{position[j]: o for j, o in prepared.outcomes.items()}},
+                        {position[j]: p for j, p in prepared.pending.items()})
 
-    def handle(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        """Outcomes for envelopes, in order. Raises TransientError when a retry can help."""
+    def prepare(self, envelopes: Sequence[Envelope]) -> Prepared:
+        """Parse and decode every envelope: everything before the model call.
+
+        Split from :meth:`finish` so that the Kafka adapter can prepare the next batch while the
+        model runs on this one. Raises TransientError when a retry can help (e.g. storage down).
+        """
         outcomes: dict[int, Outcome] = {}
         pending: dict[int, _Pending] = {}
         for i, envelope in enumerate(envelopes):
@@ -208,6 +234,11 @@ class PredictHandler:
                 log.exception("unexpected error on message %s", envelope.message_id)
                 outcomes[i] = self._rejected(PipelineError(f"internal error: {type(exc).__name__}"), envelope,
                                              request)
+        return Prepared(len(envelopes), outcomes, pending)
+
+    def finish(self, prepared: Prepared) -> list[Outcome]:
+        """One model call for every image still pending, then one outcome per input, in order."""
+        outcomes, pending = dict(prepared.outcomes), dict(prepared.pending)
         if pending:
             try:
                 self._predict(list(pending.values()))
@@ -219,7 +250,7 @@ class PredictHandler:
                 pending = {}
         for i, p in pending.items():
             outcomes[i] = self._answered(p)
-        return [outcomes[i] for i in range(len(envelopes))]
+        return [outcomes[i] for i in range(prepared.count)]
 
     def _predict(self, batch: list[_Pending]) -> None:
         """One model call (chunked at MAX_IMAGES_PER_MODEL_CALL) for all images of all requests."""

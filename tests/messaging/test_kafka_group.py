@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import Future
 
 import pytest
 from msg_helpers import WAIT_S, Kit, collect, running, wait_until
@@ -116,3 +117,51 @@ def test_listen_batch_commits_after_the_callback_and_redelivers_a_failed_batch(k
     with running(again, listen=lambda: again.listen_batch(later.put, max_records=10, max_wait_ms=50)):
         first = later.get(timeout=WAIT_S)
     assert [m.json()["seq"] for m in first] == ["next"]
+
+
+def _committed(bootstrap: str, group: str) -> int:
+    """The group's committed offset on partition 0 (0 when nothing was committed yet)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+        return max((meta.offset for meta in offsets.values()), default=0)
+    finally:
+        admin.close()
+
+
+def test_pipelined_batches_commit_in_order_and_a_failure_redelivers_all_in_flight(kafka_kit: Kit) -> None:
+    # The adapter's form: the callback starts a batch and returns a future; the next batch is gathered
+    # and started before the first one finished.
+    channel = kafka_kit.channel(partitions=1)
+    assert channel.group_id is not None
+    bootstrap = kafka_kit.settings.kafka_bootstrap_servers
+    _publish_seq(kafka_kit, channel.topic, 30)
+    listener = kafka_kit.listener(channel)
+    assert isinstance(listener, KafkaListener)
+    started: queue.Queue[tuple[list[Message], Future[None]]] = queue.Queue()
+
+    def callback(messages: list[Message]) -> Future[None]:
+        done: Future[None] = Future()
+        started.put((messages, done))
+        return done
+
+    answered: list[Message] = []
+    with running(listener, listen=lambda: listener.listen_batch(callback, max_records=10, max_wait_ms=50,
+                                                                max_in_flight=2)):
+        first, first_done = started.get(timeout=WAIT_S)
+        second, second_done = started.get(timeout=WAIT_S)  # started while the first is unfinished
+        second_done.set_result(None)  # the later batch finishing first must not commit anything
+        assert _committed(bootstrap, channel.group_id) == 0
+        first_done.set_exception(RuntimeError("results could not be produced"))
+        while len({m.json()["seq"] for m in answered}) < 30:
+            batch, done = started.get(timeout=WAIT_S)
+            answered.extend(batch)
+            done.set_result(None)
+        wait_until(lambda: _committed(bootstrap, channel.group_id) == 30, "every batch committed")
+
+    # Both batches in flight at the failure came back, from the first one's first record, in order.
+    assert [m.json()["seq"] for m in answered] == list(range(30))
+    assert [m.message_id for m in answered[: len(first) + len(second)]] == [m.message_id for m in first + second]
+    assert {m.delivery_attempt for m in answered[: len(first) + len(second)]} == {2}

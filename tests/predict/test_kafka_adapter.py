@@ -139,7 +139,7 @@ def test_transient_fault_is_not_committed_and_the_batch_is_redelivered(
         settings = _settings(bootstrap, names, tiny_model)
         handler = PredictHandler(settings, FMPredictor(str(tiny_model), settings=settings, storage_client=client))
         failures: list[BaseException] = []
-        real = handler.handle_events
+        real = handler.prepare_events  # where images are fetched from storage
 
         def spy(events: Any) -> Any:  # records what the real handler raised
             try:
@@ -148,7 +148,7 @@ def test_transient_fault_is_not_committed_and_the_batch_is_redelivered(
                 failures.append(exc)
                 raise
 
-        handler.handle_events = spy  # type: ignore[method-assign]
+        handler.prepare_events = spy  # type: ignore[method-assign]
         adapter = KafkaPredictAdapter(settings, handler=handler, max_batch=8, max_wait_ms=20,
                                       retry_backoff_s=0.05, max_retry_backoff_s=0.2, **FAST_GROUP)
         thread = threading.Thread(target=adapter.run, daemon=True)

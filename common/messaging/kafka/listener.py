@@ -3,7 +3,10 @@
 Auto-commit is off. After a callback raises, the consumer seeks back to the failed record and commits
 nothing past it, so that record (and everything after it in its partition) is delivered again, in
 order. ``listen_batch`` is the micro-batching form the predict adapter uses: one callback per batch
-of at most ``max_records`` records gathered for at most ``max_wait_ms``, one commit after it.
+of at most ``max_records`` records gathered for at most ``max_wait_ms``, one commit after it. With
+``max_in_flight`` > 1 the next batch is gathered and started while earlier ones finish (the adapter
+prepares batch k+1 while the model runs on batch k); offsets are still committed in batch order,
+each only after its batch and every earlier one finished.
 
 A batch callback must finish within ``max_poll_interval_ms`` (default 5 minutes), or the group
 considers this member dead and gives its partitions to another; batches are bounded by
@@ -15,7 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -28,7 +34,9 @@ from common.messaging.base import BasicListener, Message, MessageCallback
 
 log = logging.getLogger(__name__)
 
-BatchCallback = Callable[[list[Message]], None]
+# A batch callback either finishes the batch before returning (None), or starts it and returns a
+# future that resolves once the batch is done (its outputs acknowledged): see ``listen_batch``.
+BatchCallback = Callable[[list[Message]], "Future[Any] | None"]
 
 
 def to_message(record: Any, delivery_attempt: int) -> Message:
@@ -41,6 +49,14 @@ def to_message(record: Any, delivery_attempt: int) -> Message:
         delivery_attempt=delivery_attempt,
         raw=record,
     )
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A batch handed to the callback, and the future that resolves when it is finished."""
+
+    batch: list[tuple[TopicPartition, Any]]
+    done: Future[Any]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -126,28 +142,81 @@ class KafkaListener(BasicListener):
         max_wait_ms: int = 50,
         *,
         stop_event: threading.Event | None = None,
+        max_in_flight: int = 1,
     ) -> None:
         """Call ``callback`` with up to ``max_records`` messages gathered for up to ``max_wait_ms``.
 
-        Offsets of the batch are committed only after ``callback`` returned (so it must wait for its
-        own produce acknowledgements first); if it raises, every partition in the batch is rewound
-        to its first record in the batch and the batch is delivered again.
+        The callback either finishes the batch before returning, or returns a future that resolves
+        when the batch is finished (it must wait for its own produce acknowledgements first); at most
+        ``max_in_flight`` batches are unfinished at a time. A batch's offsets are committed only once
+        it and every earlier batch finished. If a batch fails (the callback or its future raises),
+        the batches still in flight are waited for, every partition is rewound to its first record
+        among them, and they are delivered again.
         """
-        if max_records < 1 or max_wait_ms < 0:
-            raise ValueError("max_records must be >= 1 and max_wait_ms >= 0")
+        if max_records < 1 or max_wait_ms < 0 or max_in_flight < 1:
+            raise ValueError("max_records and max_in_flight must be >= 1 and max_wait_ms >= 0")
         self._ready.clear()
         should_stop = self._should_stop(stop_event)
+        in_flight: deque[_InFlight] = deque()
         try:
             self._subscribe()
             while not should_stop():
                 batch = self._gather(max_records, max_wait_ms, should_stop)
                 if batch:
-                    self._run_batch(callback, batch)
+                    in_flight.append(self._start_batch(callback, batch))
+                # Settle what is done; wait for the oldest when the pipeline is full, or when idle.
+                while in_flight and (in_flight[0].done.done() or len(in_flight) >= max_in_flight or not batch):
+                    if not self._settle(in_flight):
+                        break
+            while in_flight:  # stopping: finish and commit what was started
+                self._settle(in_flight)
         finally:
             # A stop() that came before or during this call ends it; the next listen() starts afresh.
             self._stop.clear()
             self._ready.clear()
             self._unsubscribe()
+
+    def _start_batch(self, callback: BatchCallback, batch: list[tuple[TopicPartition, Any]]) -> _InFlight:
+        messages = [to_message(r, self._attempt(tp, r.offset)) for tp, r in batch]
+        try:
+            done = callback(messages)
+        except Exception as exc:
+            done = Future()
+            done.set_exception(exc)
+        if done is None:
+            done = Future()
+            done.set_result(None)
+        return _InFlight(batch, done)
+
+    def _settle(self, in_flight: deque[_InFlight]) -> bool:
+        """Wait for the oldest batch and commit it, or rewind everything in flight; False on failure."""
+        head = in_flight.popleft()
+        failure = head.done.exception()  # waits; bounded by the callback's own publish timeouts
+        if failure is None:
+            done: dict[TopicPartition, int] = {}
+            for tp, r in head.batch:
+                self._attempts.pop((tp, r.offset), None)
+                done[tp] = max(done.get(tp, 0), r.offset + 1)
+            self._commit(done)
+            self._backoff(False)
+            return True
+        failed = [head, *in_flight]
+        in_flight.clear()
+        for later in failed[1:]:  # their outputs may reach the broker: duplicates, never losses
+            later.done.exception()
+        records = sum(len(f.batch) for f in failed)
+        log.warning("batch callback failed for %d records; they will be delivered again", records,
+                    exc_info=(type(failure), failure, failure.__traceback__))
+        first: dict[TopicPartition, int] = {}
+        for f in failed:
+            for tp, r in f.batch:
+                first[tp] = min(first.get(tp, r.offset), r.offset)
+        owned = self.assignment()  # a partition revoked meanwhile is re-read by its new owner
+        for tp, offset in first.items():
+            if tp in owned:
+                self._consumer.seek(tp, offset)
+        self._backoff(True)
+        return False
 
     # -- single-message loop ---------------------------------------------------------------------
 
@@ -208,27 +277,6 @@ class KafkaListener(BasicListener):
             owned = self.assignment()
             batch = [(tp, r) for tp, r in batch if tp in owned]
         return batch
-
-    def _run_batch(self, callback: BatchCallback, batch: list[tuple[TopicPartition, Any]]) -> None:
-        messages = [to_message(r, self._attempt(tp, r.offset)) for tp, r in batch]
-        try:
-            callback(messages)
-        except Exception:
-            log.warning("batch callback failed for %d records; they will be delivered again", len(batch),
-                        exc_info=True)
-            first: dict[TopicPartition, int] = {}
-            for tp, r in batch:
-                first[tp] = min(first.get(tp, r.offset), r.offset)
-            for tp, offset in first.items():
-                self._consumer.seek(tp, offset)
-            self._backoff(True)
-            return
-        done: dict[TopicPartition, int] = {}
-        for tp, r in batch:
-            self._attempts.pop((tp, r.offset), None)
-            done[tp] = max(done.get(tp, 0), r.offset + 1)
-        self._commit(done)
-        self._backoff(False)
 
     # -- shared ----------------------------------------------------------------------------------
 
