@@ -71,15 +71,25 @@ def make_listener(settings: Settings, source: str, **options: Any) -> BasicListe
     return PubSubListener(settings.project_id, source, **options)
 
 
+# What "send each message at once" means to each broker's publisher.
+_UNBATCHED_OPTIONS: dict[str, dict[str, Any]] = {"pubsub": {"batching": False}, "kafka": {"linger_ms": 0}}
+
+
 class SharedPublisher:
     """One publisher per process, created on first use and shared by every request a function serves.
 
     Creating it lazily keeps cold starts short and lets a function instance start while the broker is
     down; a failed creation raises :class:`BrokerUnavailable` and is tried again on the next call.
+
+    ``batching=False`` asks for a publisher that sends each message at once (Pub/Sub: one direct
+    Publish RPC per message; Kafka: ``linger_ms=0``), for a function that publishes one outcome per
+    invocation and waits for it: batching only adds its wait. Keep the default where many messages
+    are published together (ingest publishes a whole request's worth at once).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, batching: bool = True) -> None:
         self._settings = settings
+        self._options: dict[str, Any] = {} if batching else _UNBATCHED_OPTIONS[settings.broker]
         self._publisher: BasicPublisher | None = None
         self._lock = threading.Lock()
 
@@ -94,7 +104,7 @@ class SharedPublisher:
             with self._lock:
                 if self._publisher is None:
                     try:
-                        self._publisher = make_publisher(self._settings)
+                        self._publisher = make_publisher(self._settings, **self._options)
                     except PipelineError:
                         raise
                     except Exception as exc:  # e.g. Kafka: no broker reachable at construction

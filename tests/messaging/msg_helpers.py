@@ -28,11 +28,23 @@ class Channel:
     group_id: str | None = None
 
 
+# Parameters of the ``broker`` fixture. PUBLISHERS adds the unbatched Pub/Sub publisher, for tests of
+# publishing behaviour: use ``@publishers`` on them (listener tests need not run twice on Pub/Sub).
+BROKERS = [pytest.param("pubsub", marks=pytest.mark.pubsub), pytest.param("kafka", marks=pytest.mark.kafka)]
+PUBLISHERS = [*BROKERS, pytest.param("pubsub-unbatched", marks=pytest.mark.pubsub)]
+publishers = pytest.mark.parametrize("broker", PUBLISHERS, indirect=True)
+
+# Constructor options each ``broker`` parameter gives its publishers.
+PUBLISHER_OPTIONS: dict[str, dict[str, Any]] = {"pubsub-unbatched": {"batching": False}}
+
+
 @dataclass
 class Kit:
     broker: str
     settings: Settings
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
+    #: Passed to every publisher this kit makes (``make_publisher(settings, **publisher_options)``).
+    publisher_options: dict[str, Any] = field(default_factory=dict)
 
     def channel(self, partitions: int = 1, ordered: bool = False) -> Channel:
         """A new topic and its subscription (Pub/Sub) or consumer group (Kafka), unique per call."""
@@ -54,7 +66,7 @@ class Kit:
         return Channel(topic=name, source=name, group_id=f"{name}-group")
 
     def publisher(self, **options: Any) -> BasicPublisher:
-        publisher = make_publisher(self.settings, **options)
+        publisher = make_publisher(self.settings, **{**self.publisher_options, **options})
         self._cleanups.append(publisher.close)
         return publisher
 

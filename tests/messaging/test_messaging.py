@@ -9,13 +9,14 @@ import threading
 import time
 
 import pytest
-from msg_helpers import WAIT_S, Kit, collect, running
+from msg_helpers import WAIT_S, Kit, collect, publishers, running
 
 from common.errors import BrokerUnavailable, ConfigurationError, PublishError
-from common.messaging import Message, make_listener, make_publisher
+from common.messaging import Message, SharedPublisher, make_listener, make_publisher
 from common.settings import Settings
 
 
+@publishers
 def test_json_round_trip_keeps_payload_and_attributes(broker: Kit) -> None:
     channel = broker.channel()
     publisher = broker.publisher()
@@ -34,6 +35,7 @@ def test_json_round_trip_keeps_payload_and_attributes(broker: Kit) -> None:
     assert message.message_id
 
 
+@publishers
 def test_binary_round_trip_is_byte_exact(broker: Kit) -> None:
     channel = broker.channel()
     publisher = broker.publisher()
@@ -48,6 +50,7 @@ def test_binary_round_trip_is_byte_exact(broker: Kit) -> None:
     assert message.attributes == attributes
 
 
+@publishers
 def test_messages_with_one_key_arrive_in_publish_order(broker: Kit) -> None:
     # Kafka: one key -> one partition of three; Pub/Sub: one ordering key on an ordered subscription.
     channel = broker.channel(partitions=3, ordered=True)
@@ -114,6 +117,7 @@ def _next_within(q: queue.Queue[Message], seconds: float) -> Message | None:
         return None
 
 
+@publishers
 def test_payload_that_is_not_json_is_refused_before_sending(broker: Kit) -> None:
     channel = broker.channel()
     publisher = broker.publisher()
@@ -125,6 +129,7 @@ def test_payload_that_is_not_json_is_refused_before_sending(broker: Kit) -> None
         publisher.publish(channel.topic, {"ok": 1}, {"count": 3})  # type: ignore[dict-item]
 
 
+@publishers
 def test_payload_over_the_broker_limit_is_refused(broker: Kit) -> None:
     channel = broker.channel()
     publisher = broker.publisher()
@@ -147,6 +152,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@publishers
 @pytest.mark.parametrize("key", [None, "ordered"])
 def test_unreachable_broker_fails_in_bounded_time(broker: Kit, key: str | None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +167,7 @@ def test_unreachable_broker_fails_in_bounded_time(broker: Kit, key: str | None,
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable):
         # Kafka refuses in the constructor (it bootstraps); Pub/Sub fails the publish future.
-        publisher = make_publisher(settings)
+        publisher = make_publisher(settings, **broker.publisher_options)
         try:
             publisher.publish(channel_name(), {"x": 1}, key=key).result(timeout=WAIT_S)
         finally:
@@ -185,6 +191,7 @@ def test_unreachable_broker_fails_a_listener_in_bounded_time(broker: Kit,
     assert time.monotonic() - started < 8.0
 
 
+@publishers
 def test_close_flushes_pending_publishes(broker: Kit) -> None:
     channel = broker.channel()
     publisher = broker.publisher()
@@ -200,6 +207,26 @@ def test_close_flushes_pending_publishes(broker: Kit) -> None:
     with running(broker.listener(channel), received.put):
         messages = collect(received, 300)
     assert sorted(m.json()["seq"] for m in messages) == list(range(300))
+
+
+def test_unbatched_shared_publisher_delivers_each_message(broker: Kit) -> None:
+    # What the predict function uses: one outcome per invocation, sent at once and awaited.
+    channel = broker.channel()
+    shared = SharedPublisher(broker.settings, batching=False)
+    publisher = shared.get()
+    try:
+        future = publisher.publish(channel.topic, {"request_id": "r-5"}, {"request_id": "r-5"}, key="r-5")
+        if broker.broker == "pubsub":
+            # The broker has the message by the time publish() returns: nothing waits in a batch.
+            assert future.done()
+        assert future.result(timeout=WAIT_S)
+    finally:
+        publisher.close()
+    received: queue.Queue[Message] = queue.Queue()
+    with running(broker.listener(channel), received.put):
+        (message,) = collect(received, 1)
+    assert message.json() == {"request_id": "r-5"}
+    assert message.attributes["request_id"] == "r-5" and message.key == "r-5"
 
 
 def test_stop_event_ends_listen(broker: Kit) -> None:
