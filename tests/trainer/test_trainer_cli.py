@@ -53,14 +53,16 @@ def test_csv_run_takes_size_and_classes_from_the_data(tmp_path: Path) -> None:
     test_csv = write_csv(tmp_path / "test.csv", *_bars(300, rng))
     out = tmp_path / "model"
     argv = ["--data", "csv", "--train-csv", str(train_csv), "--test-csv", str(test_csv), "--widths", "4,8",
-            "--epochs", "3", "--batch-size", "32", "--run", "bars", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--epochs", "8", "--batch-size", "32", "--run", "bars", "--checkpoint-dir", str(tmp_path / "ckpt"),
             "--out", str(out), "--log-every", "0"]
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input_shape"] == [16, 16, 1]
     assert manifest["class_names"] == ["0", "1", "2"]
     assert manifest["metrics"]["evaluated_on"] == "test"
-    assert manifest["metrics"]["test_accuracy"] > 0.6  # chance is 1/3
+    # 8 epochs (not 3) so the model is confident: 3 left it at 60% with near-ties that the default
+    # int8 export check (99% same class as Keras) refused about one run in three.
+    assert manifest["metrics"]["test_accuracy"] > 0.9  # chance is 1/3; 8 epochs reach 100% here
     lite = LiteRTModel((out / "model.tflite").read_bytes())
     assert lite.predict(np.zeros((2, 16, 16, 1), np.float32)).shape == (2, 3)
     metrics = json.loads((out / "metrics.json").read_text())
