@@ -33,7 +33,9 @@ log = logging.getLogger("predict")
 
 HANDLER = PredictHandler(SETTINGS)  # the model itself loads on the first message
 
-PUBLISHER = SharedPublisher(SETTINGS)  # created on first use, shared by every request of this instance
+# Created on first use and shared by every request of this instance. Unbatched: each invocation
+# publishes one outcome and waits for it, so a batch would only add its max_latency to every call.
+PUBLISHER = SharedPublisher(SETTINGS, batching=False)
 
 
 @functions_framework.cloud_event

@@ -158,3 +158,20 @@ def test_push_subscription_delivers_a_published_request(predict_url: str, topics
                       content_type="application/json").result(timeout=30)
     [message] = pull(topics.sub(topics.results), 1, timeout=60)
     assert json.loads(message.data)["request_id"] == "fn-push-1"
+
+
+def test_broker_down_answers_500_within_the_publish_timeout(topics: Topics, tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    # The result cannot be published: the function must fail the delivery (Pub/Sub redelivers) and
+    # must do so in bounded time, even though each publish now blocks its request thread.
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens here
+    env = _env(topics, str(tiny_model), tmp_path / "cache", PUBSUB_EMULATOR_HOST=dead, PUBLISH_TIMEOUT_S="1.5")
+    with FunctionServer("predict-nobroker", "predict", REPO / "functions" / "predict" / "main.py",
+                        signature_type="cloudevent", env=env, log_dir=tmp_path) as server:
+        request = {"request_id": "fn-nobroker-1", "instances": [[0] * 784]}
+        started = time.monotonic()
+        assert post(server.url, push_body(request, "500"), {}) == 500
+        elapsed = time.monotonic() - started
+        log = server.log_path.read_text()
+    assert elapsed < 1.5 + 3.0, f"took {elapsed:.1f} s"  # publish timeout, plus model load and slack
+    assert "broker_unavailable" in log or "BrokerUnavailable" in log
