@@ -94,8 +94,9 @@ def test_emulator_gone_under_working_publishers_fails_them_within_the_timeout(
                     with pytest.raises(BrokerUnavailable):
                         publisher.publish_and_wait("outage-topic", {"during": phase}, key="k")
                     elapsed = time.monotonic() - started
-                    # The RPC deadline, or at the latest the base class's watchdog at timeout + 1 s.
-                    assert elapsed < timeout_s + 1.8, f"{phase}, batching={batching}: {elapsed:.1f} s"
+                    # The RPC deadline, or the base class's watchdog at timeout + 1 s (publish_and_wait
+                    # itself gives up at timeout + 2 s, once publish() has returned: a blocked one never would).
+                    assert elapsed < timeout_s + 2.5, f"{phase}, batching={batching}: {elapsed:.1f} s"
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGCONT)  # lets a graceful stop work if an assertion failed

@@ -22,7 +22,7 @@ from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.publisher import exceptions as pub_exc
 from google.pubsub_v1 import PublisherClient as GapicPublisherClient
-from google.pubsub_v1 import PublishRequest, PubsubMessage
+from google.pubsub_v1 import PublishRequest, PublishResponse, PubsubMessage
 
 from common.errors import BrokerUnavailable, PipelineError, PublishError
 from common.messaging.base import BasicPublisher, set_exception, set_result
@@ -39,6 +39,10 @@ MAX_ORDERING_KEY_BYTES = 1024
 _REQUEST_OVERHEAD = 4096
 
 DEFAULT_BATCH = pubsub_v1.types.BatchSettings(max_bytes=1_000_000, max_latency=0.01, max_messages=500)
+
+# Protobuf classes under the proto-plus wrappers, for the unbatched path.
+_REQUEST_PB = PublishRequest.pb()
+_MESSAGE_PB = PubsubMessage.pb()
 
 
 def topic_path(project_id: str, topic: str) -> str:
@@ -168,15 +172,15 @@ class PubSubPublisher(BasicPublisher):
         is paused after a failure (the batching client's rule), since nothing is queued behind it.
         """
         future: Future[str] = Future()
-        request = PublishRequest(
-            topic=path, messages=[PubsubMessage(data=data, attributes=attributes, ordering_key=key or "")]
-        )
+        # The raw protobuf messages, wrapped: proto-plus keyword construction costs ~40 us per call.
+        message = _MESSAGE_PB(data=data, attributes=attributes, ordering_key=key or "")
+        request = PublishRequest.wrap(_REQUEST_PB(topic=path, messages=[message]))
         try:
             response = client.publish(request=request, retry=self._retry, timeout=self.publish_timeout_s)
         except Exception as exc:  # the RPC failed for good (after retries) or was refused
             set_exception(future, map_error(exc, topic))
             return future
-        set_result(future, response.message_ids[0])
+        set_result(future, PublishResponse.pb(response).message_ids[0])
         return future
 
     def _forget(self, future: Future[str]) -> None:
