@@ -108,7 +108,9 @@ def test_int8_litert_agrees_with_keras_and_keeps_the_float_interface(
     x = _pixels(smoke_run.test)
     p_lite = lite.predict(x)
     p_keras = keras.models.load_model(out / "model.keras").predict(x, batch_size=512, verbose=0)
-    np.testing.assert_allclose(p_lite.sum(axis=1), 1.0, atol=0.02)
+    # Each of the 10 probabilities is an int8 level (steps of 1/256, averaged over the image and its
+    # mirror), so the sum is off by up to about 0.03 (seen: 0.984-1.023); the float export sums to 1.
+    np.testing.assert_allclose(p_lite.sum(axis=1), 1.0, atol=0.05)
     agreement = float((p_lite.argmax(1) == p_keras.argmax(1)).mean())
     assert agreement >= SMOKE_CHECKS.min_int8_agreement
     accuracy = float((p_lite.argmax(1) == smoke_run.test.labels).mean())
