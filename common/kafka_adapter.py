@@ -39,11 +39,13 @@ from common.messaging.base import BasicPublisher, Message
 from common.messaging.kafka.listener import KafkaListener
 from common.predict_handler import (
     Envelope,
+    Outcome,
     PredictHandler,
     Prepared,
+    acknowledged,
     configure_logging,
     event_from_envelope,
-    publish_outcomes,
+    send_outcomes,
 )
 from common.settings import Settings
 
@@ -90,6 +92,7 @@ class KafkaPredictAdapter:
         self.records = 0
         self._publisher: BasicPublisher | None = None
         self._worker: ThreadPoolExecutor | None = None
+        self._publisher_broken = threading.Event()
         self._listener: Any = None
         self._created = threading.Event()
 
@@ -139,48 +142,65 @@ class KafkaPredictAdapter:
 
         return KafkaPublisher(self.settings.kafka_bootstrap_servers, publish_timeout_s=self.settings.publish_timeout_s)
 
-    def _drop_publisher(self) -> None:
-        """Throw the producer away after publishes went unanswered; the next batch makes a new one.
+    def _working_publisher(self) -> BasicPublisher:
+        """The producer, replaced by a fresh one after publishes went unanswered.
 
         Seen with kafka-python 3.0.12: once batches expired during a broker outage, the idempotent
         producer never delivers again, even after the broker is back. A fresh producer does.
         """
-        publisher, self._publisher = self._publisher, None
-        if publisher is None:
-            return
-        log.warning("publishes unanswered: replacing the Kafka producer")
-        try:
-            publisher.close(timeout=1.0)
-        except Exception:  # it is being discarded because it is broken
-            log.debug("closing the old producer failed", exc_info=True)
+        if self._publisher is not None and not self._publisher_broken.is_set():
+            return self._publisher
+        old, self._publisher = self._publisher, None
+        self._publisher_broken.clear()
+        if old is not None:
+            log.warning("publishes unanswered: replacing the Kafka producer")
+            try:
+                old.close(timeout=1.0)
+            except Exception:  # it is being discarded because it is broken
+                log.debug("closing the old producer failed", exc_info=True)
+        self._publisher = self._new_publisher()
+        return self._publisher
 
     def _on_batch(self, messages: list[Message]) -> Future[None]:
         """Prepare one micro-batch here, then hand it to the model thread; the future says when it is done.
 
-        Preparing (parsing, decoding images) runs while the model thread still answers the previous
-        batch, and the model call releases the GIL while this thread polls and parses, so the two
-        overlap on two cores. The listener commits the batch's offsets once the future resolved.
+        Preparing (parsing, decoding images) runs while the model thread answers the previous batch,
+        and the model call releases the GIL, so the two overlap on two cores. The listener commits
+        the batch's offsets once the future resolved, that is once every outcome was acknowledged.
         """
         started = time.monotonic()
         events = [record_event(m, self.settings.requests_topic) for m in messages]
         prepared = self.handler.prepare_events(events)  # TransientError propagates: no commit, redelivery
-        assert self._worker is not None
-        return self._worker.submit(self._finish_batch, prepared, started)
+        done: Future[None] = Future()
+        if self._worker is None:
+            raise RuntimeError("the adapter is not running")
+        self._worker.submit(self._finish_batch, prepared, started, done)
+        return done
 
-    def _finish_batch(self, prepared: Prepared, started: float) -> None:
-        """On the model thread: one model call, then produce every outcome and wait for the acks."""
-        outcomes = self.handler.finish(prepared)  # TransientError: the future fails, the batch comes again
-        if self._publisher is None:  # dropped after a failed batch; the broker may be back
-            self._publisher = self._new_publisher()
+    def _finish_batch(self, prepared: Prepared, started: float, done: Future[None]) -> None:
+        """On the model thread: one model call, then queue every outcome. ``done`` resolves when the
+        broker acknowledged them all; the thread does not wait for that and goes on to the next batch."""
         try:
-            publish_outcomes(self._publisher, outcomes, self.settings)
-        except BrokerUnavailable:
-            self._drop_publisher()
-            raise
+            outcomes = self.handler.finish(prepared)  # TransientError: the batch comes again
+            acks = acknowledged(send_outcomes(self._working_publisher(), outcomes, self.settings))
+        except BaseException as exc:
+            done.set_exception(exc)
+            return
+        acks.add_done_callback(lambda f: self._acknowledged(f, outcomes, started, done))
+
+    def _acknowledged(self, acks: Future[list[str]], outcomes: list[Outcome], started: float,
+                      done: Future[None]) -> None:
+        """Runs on the producer's thread once a batch's publishes all resolved."""
+        failure = acks.exception()
+        if failure is not None:
+            if isinstance(failure, BrokerUnavailable):
+                self._publisher_broken.set()  # replaced by the model thread before the next batch
+            done.set_exception(failure)
+            return
         self.batches += 1
-        self.records += prepared.count
+        self.records += len(outcomes)
         elapsed_ms = (time.monotonic() - started) * 1000
-        fields = {"records": prepared.count, "errors": sum(not o.ok for o in outcomes),
+        fields = {"records": len(outcomes), "errors": sum(not o.ok for o in outcomes),
                   "batch_ms": round(elapsed_ms, 1)}
         if elapsed_ms > self.max_poll_interval_ms / 2:
             # Half of max.poll.interval.ms gone in one batch: the group may soon evict this member.
@@ -188,6 +208,7 @@ class KafkaPredictAdapter:
                 **fields, "max_poll_interval_ms": self.max_poll_interval_ms}})
         else:
             log.debug("batch answered", extra={"json_fields": fields})
+        done.set_result(None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,9 @@ Steps, each a plain function or method so it can be tested alone:
    the others.
 3. :func:`publish_outcomes`: results to the results topic, errors to the errors topic, then wait
    for every broker acknowledgement; a publish that fails raises
-   :class:`~common.errors.BrokerUnavailable` so the caller does not acknowledge the input.
+   :class:`~common.errors.BrokerUnavailable` so the caller does not acknowledge the input. The
+   Kafka adapter uses its two halves, :func:`send_outcomes` and :func:`acknowledged`, so that it
+   does not block while the broker answers.
 
 Failure policy: permanent errors (invalid request, image, model integrity) are answered on the
 errors topic and the input is acknowledged, so a poison message is never retried. Transient
@@ -31,10 +33,11 @@ import binascii
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,10 +296,22 @@ class PredictHandler:
 def publish_outcomes(publisher: Any, outcomes: Sequence[Outcome], settings: Settings) -> list[str]:
     """Publish every outcome to its topic and wait for all acknowledgements; return message ids.
 
+    Raises :class:`BrokerUnavailable` if any publish fails or is not acknowledged in time: the
+    caller must then not acknowledge its input.
+    """
+    acks = acknowledged(send_outcomes(publisher, outcomes, settings))
+    try:
+        return acks.result(timeout=settings.publish_timeout_s + 2.0)
+    except FutureTimeout as exc:
+        raise BrokerUnavailable(f"publishes of {len(outcomes)} outcomes not acknowledged in time") from exc
+
+
+def send_outcomes(publisher: Any, outcomes: Sequence[Outcome], settings: Settings) -> list[Future[str]]:
+    """Queue every outcome on its topic (results or errors) without waiting; one future per message.
+
     Results are keyed by request id (Kafka partition / Pub/Sub ordering key), so the answers for
     one request stay in order. A result too large for the broker is answered with a
-    ``payload_too_large`` error instead. Raises :class:`BrokerUnavailable` if any publish fails or
-    is not acknowledged in time: the caller must then not acknowledge its input.
+    ``payload_too_large`` error instead.
     """
     futures: list[Future[str]] = []
     for outcome in outcomes:
@@ -312,18 +327,42 @@ def publish_outcomes(publisher: Any, outcomes: Sequence[Outcome], settings: Sett
             error = PublishError(f"result is too large to publish: {exc.message}", code="payload_too_large")
             payload = make_error(error, request_id=outcome.request_id, message_id=outcome.message_id)
             futures.append(publisher.publish(settings.errors_topic, payload, attributes, key=outcome.request_id))
-    _, not_done = wait_futures(futures, timeout=settings.publish_timeout_s + 2.0)
-    if not_done:
-        raise BrokerUnavailable(f"{len(not_done)} of {len(futures)} publishes not acknowledged in time")
-    ids = []
+    return futures
+
+
+def acknowledged(futures: Sequence[Future[str]]) -> Future[list[str]]:
+    """One future for many publishes: the message ids once every one is acknowledged, or the failure.
+
+    It does not block, so the Kafka adapter can run the next model call while the broker answers.
+    A failure that is not already a pipeline error becomes :class:`BrokerUnavailable`. Every
+    publisher future resolves within its publish timeout (the publishers' watchdog), so this does too.
+    """
+    combined: Future[list[str]] = Future()
+    remaining = len(futures)
+    lock = threading.Lock()
+
+    def resolve() -> None:
+        for future in futures:
+            failure = future.exception()
+            if failure is not None:
+                combined.set_exception(failure if isinstance(failure, PipelineError)
+                                       else BrokerUnavailable(f"publish failed: {failure}"))
+                return
+        combined.set_result([future.result() for future in futures])
+
+    def one_done(_: Future[str]) -> None:
+        nonlocal remaining
+        with lock:
+            remaining -= 1
+            last = remaining == 0
+        if last:
+            resolve()
+
+    if not futures:
+        combined.set_result([])
     for future in futures:
-        failure = future.exception()
-        if failure is not None:
-            if isinstance(failure, PipelineError):
-                raise failure
-            raise BrokerUnavailable(f"publish failed: {failure}")
-        ids.append(future.result())
-    return ids
+        future.add_done_callback(one_done)
+    return combined
 
 
 # ---------------------------------------------------------------------------------------------

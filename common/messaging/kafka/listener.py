@@ -127,6 +127,7 @@ class KafkaListener(BasicListener):
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
         self._failures = 0
         self._subscribed = False
+        self._finished: dict[TopicPartition, int] = {}  # next offset to commit per partition, re-sent each time
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -170,6 +171,7 @@ class KafkaListener(BasicListener):
                         break
             while in_flight:  # stopping: finish and commit what was started
                 self._settle(in_flight)
+            self._commit(self._finished)  # and wait for that last commit
         finally:
             # A stop() that came before or during this call ends it; the next listen() starts afresh.
             self._stop.clear()
@@ -197,7 +199,7 @@ class KafkaListener(BasicListener):
             for tp, r in head.batch:
                 self._attempts.pop((tp, r.offset), None)
                 done[tp] = max(done.get(tp, 0), r.offset + 1)
-            self._commit(done)
+            self._commit_async(done)
             self._backoff(False)
             return True
         failed = [head, *in_flight]
@@ -341,6 +343,27 @@ class KafkaListener(BasicListener):
             # still ends listen() during an outage.
             log.warning("commit of %s failed (%s); it is retried with the next one", offsets, exc)
 
+    def _commit_async(self, done: dict[TopicPartition, int]) -> None:
+        """Commit without waiting for the coordinator, so the next batch is not held up by a round trip.
+
+        Safe for at-least-once: commits are positions sent in order, a lost one is covered by the
+        next, and ``listen_batch`` ends with a synchronous commit of everything finished.
+        """
+        self._finished.update(done)
+        owned = self.assignment()
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._finished.items() if tp in owned}
+        if not offsets:
+            return
+
+        def committed(sent: dict[TopicPartition, OffsetAndMetadata], result: Any) -> None:
+            if isinstance(result, Exception):
+                log.warning("asynchronous commit of %s failed (%s); the next commit covers it", sent, result)
+
+        try:
+            self._consumer.commit_async(offsets, callback=committed)
+        except kerr.KafkaError as exc:
+            log.warning("asynchronous commit of %s failed (%s); the next commit covers it", offsets, exc)
+
     def _backoff(self, failed: bool) -> None:
         """Wait a little longer after each consecutive callback failure, reset on success."""
         if not failed:
@@ -362,6 +385,8 @@ class KafkaListener(BasicListener):
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         with self._lock:
             self._assigned -= revoked
+        for tp in revoked:  # its new owner commits from now on; ours would move it back
+            self._finished.pop(tp, None)
 
     def _close(self) -> None:
         try:
