@@ -170,8 +170,7 @@ class FMPredictor:
         if arr.shape[0] > self.settings.max_images_per_request:
             raise PayloadTooLarge(
                 f"{arr.shape[0]} images in one request, the limit is {self.settings.max_images_per_request}")
-        return np.stack([self._scaled(img, i) for i, img in enumerate(arr)]) if len(arr) else \
-            np.zeros((0, SIDE, SIDE), np.uint8)
+        return self._scaled(arr, range(len(arr))) if len(arr) else np.zeros((0, SIDE, SIDE), np.uint8)
 
     def _instances(self, items: list[Any]) -> np.ndarray:
         if len(items) > self.settings.max_images_per_request:
@@ -179,6 +178,7 @@ class FMPredictor:
                 f"{len(items)} images in one request, the limit is {self.settings.max_images_per_request}")
         out: list[np.ndarray | None] = [None] * len(items)
         remote: list[tuple[int, str]] = []
+        raw: dict[int, np.ndarray] = {}  # pixel arrays, checked and scaled together below
         for i, item in enumerate(items):
             if isinstance(item, dict):
                 item = self._unwrap(item, i)
@@ -195,7 +195,10 @@ class FMPredictor:
             elif isinstance(item, (bytes, bytearray, memoryview)):
                 out[i] = self._encoded(bytes(item), i)
             else:
-                out[i] = self._pixel_instance(item, i)
+                raw[i] = self._pixel_instance(item, i)
+        if raw:
+            for i, img in zip(raw, self._scaled(np.stack(list(raw.values())), list(raw)), strict=True):
+                out[i] = img
         if remote:
             for i, img in self._fetch_all(remote):
                 out[i] = img
@@ -245,38 +248,52 @@ class FMPredictor:
             raise _at(i, exc) from exc
 
     def _pixel_instance(self, item: Any, i: int) -> np.ndarray:
+        """One image's raw pixels as a 28 x 28 array (values are checked by :meth:`_scaled`)."""
         try:
             arr = np.asarray(item)
         except (ValueError, TypeError) as exc:  # ragged nested lists
             raise InvalidImage(f"instance {i}: not a rectangular array of numbers", code="invalid_shape",
                                index=i) from exc
-        if arr.shape in ((PIXELS,), (SIDE, SIDE), (SIDE, SIDE, 1)):
-            return self._scaled(arr.reshape(SIDE, SIDE), i)
-        raise InvalidImage(f"instance {i}: shape {arr.shape}, expected 28 x 28, 28 x 28 x 1 or 784",
-                           code="invalid_shape", index=i)
+        if arr.shape not in ((PIXELS,), (SIDE, SIDE), (SIDE, SIDE, 1)):
+            raise InvalidImage(f"instance {i}: shape {arr.shape}, expected 28 x 28, 28 x 28 x 1 or 784",
+                               code="invalid_shape", index=i)
+        _check_numbers(arr.dtype, i)
+        return arr.reshape(SIDE, SIDE)
 
     @staticmethod
-    def _scaled(img: np.ndarray, i: int) -> np.ndarray:
-        """Check values and bring them to uint8 0-255 (see the module docstring for the scale rule)."""
-        if img.dtype == np.uint8:
-            return img
-        if img.dtype == bool or not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
-            raise InvalidImage(f"instance {i}: pixel values must be numbers, got {img.dtype}", code="invalid_values",
-                               index=i)
-        values = img.astype(np.float64)
-        if not np.isfinite(values).all():
-            raise InvalidImage(f"instance {i}: pixel values must be finite (found NaN or inf)",
-                               code="invalid_values", index=i)
-        low, high = float(values.min()), float(values.max())
-        if low < 0:
-            raise InvalidImage(f"instance {i}: pixel values must not be negative (found {low:g})",
-                               code="invalid_values", index=i)
-        if high > 255:
-            raise InvalidImage(f"instance {i}: pixel values must be at most 255 (found {high:g})",
-                               code="invalid_values", index=i)
-        if high <= 1.0:
-            values = values * 255.0
-        return np.rint(values).astype(np.uint8)
+    def _scaled(images: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        """Check values and bring them to uint8 0-255 (see the module docstring for the scale rule).
+
+        Works on a stack of ``n x 28 x 28`` images at once (one numpy pass, not one per image: per
+        image it cost the Kafka adapter 15% of its time); ``indices`` name the images in errors.
+        """
+        if images.dtype == np.uint8:
+            return images
+        _check_numbers(images.dtype, indices[0])
+        values = images.astype(np.float64)
+
+        def first(bad: np.ndarray) -> int | None:
+            """Position of the first image flagged in ``bad``, or None."""
+            return int(np.argmax(bad)) if bad.any() else None
+
+        if (k := first(~np.isfinite(values).all(axis=(1, 2), keepdims=True).ravel())) is not None:
+            raise InvalidImage(f"instance {indices[k]}: pixel values must be finite (found NaN or inf)",
+                               code="invalid_values", index=indices[k])
+        low, high = values.min(axis=(1, 2)), values.max(axis=(1, 2))
+        if (k := first(low < 0)) is not None:
+            raise InvalidImage(f"instance {indices[k]}: pixel values must not be negative (found {low[k]:g})",
+                               code="invalid_values", index=indices[k])
+        if (k := first(high > 255)) is not None:
+            raise InvalidImage(f"instance {indices[k]}: pixel values must be at most 255 (found {high[k]:g})",
+                               code="invalid_values", index=indices[k])
+        scale = np.where(high <= 1.0, 255.0, 1.0)[:, None, None]
+        return np.rint(values * scale).astype(np.uint8)
+
+
+def _check_numbers(dtype: np.dtype[Any], i: int) -> None:
+    """Pixels are integers or floats; booleans, strings and objects are refused."""
+    if dtype.kind == "b" or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InvalidImage(f"instance {i}: pixel values must be numbers, got {dtype}", code="invalid_values", index=i)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
