@@ -7,7 +7,8 @@ client), so subscribers with ordering enabled see them in publish order. The emu
 ``batching=False`` swaps the batching client for one direct ``Publish`` RPC per message, made in the
 caller's thread. A function that publishes one outcome per invocation and waits for it gains nothing
 from batching, and the batching client costs it ``max_latency`` plus a new commit thread per batch
-(measured on the emulator: publish-and-wait p50 15.8 ms batched at 10 ms, about 2 ms direct).
+(measured on the emulator, publish-and-wait p50: 16-17 ms batched with max_latency 10 ms; direct,
+0.9-1.4 ms back to back and 2-3 ms when calls are spaced out as a function's are).
 """
 
 from __future__ import annotations
