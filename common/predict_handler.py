@@ -162,8 +162,13 @@ def _attribute_id(envelope: Envelope) -> str | None:
 # The handler.
 
 
+_NO_PIXELS = np.zeros((0, 28, 28), np.uint8)
+
+
 @dataclass
 class _Pending:
+    """A request waiting for the model: its ``n x 28 x 28`` uint8 pixels and, later, its predictions."""
+
     envelope: Envelope
     request: PredictRequest
     pixels: np.ndarray
@@ -222,22 +227,43 @@ class PredictHandler:
         """
         outcomes: dict[int, Outcome] = {}
         pending: dict[int, _Pending] = {}
+        raw: list[int] = []  # requests of raw pixel arrays, already checked by the contract
         for i, envelope in enumerate(envelopes):
             started = time.perf_counter()
             request: PredictRequest | None = None
             try:
                 request = parse_request(envelope.data, envelope.attributes, self.settings)
-                pixels = self.predictor.to_pixels(list(request.instances))
-                pending[i] = _Pending(envelope, request, pixels, started)
+                if all(isinstance(x, np.ndarray) for x in request.instances):
+                    raw.append(i)
+                    pending[i] = _Pending(envelope, request, _NO_PIXELS, started)
+                else:
+                    pending[i] = _Pending(envelope, request, self.predictor.to_pixels(list(request.instances)),
+                                          started)
             except TransientError:
                 raise
-            except PipelineError as exc:
-                outcomes[i] = self._rejected(exc, envelope, request)
-            except Exception as exc:  # a bug hit by this input: answer it rather than retry forever
-                log.exception("unexpected error on message %s", envelope.message_id)
-                outcomes[i] = self._rejected(PipelineError(f"internal error: {type(exc).__name__}"), envelope,
-                                             request)
+            except Exception as exc:
+                outcomes[i] = self._failed(exc, envelope, request)
+        if raw:
+            self._scale_together([pending[i] for i in raw])
         return Prepared(len(envelopes), outcomes, pending)
+
+    def _scale_together(self, batch: list[_Pending]) -> None:
+        """Scale the pixel arrays of many requests in one numpy pass (per request it was a third of
+        the Kafka adapter's parsing time). The contract has checked them, so this cannot fail."""
+        arrays = [x for p in batch for x in p.request.instances if isinstance(x, np.ndarray)]
+        pixels = self.predictor.scale_pixels(np.stack(arrays))
+        offset = 0
+        for p in batch:
+            p.pixels = pixels[offset : offset + len(p.request.instances)]
+            offset += len(p.request.instances)
+
+    def _failed(self, exc: Exception, envelope: Envelope, request: PredictRequest | None) -> Outcome:
+        """The error outcome for a request that cannot succeed (retrying would not help)."""
+        if isinstance(exc, PipelineError):
+            return self._rejected(exc, envelope, request)
+        # A bug hit by this input: answer it rather than retry forever.
+        log.error("unexpected error on message %s", envelope.message_id, exc_info=exc)
+        return self._rejected(PipelineError(f"internal error: {type(exc).__name__}"), envelope, request)
 
     def finish(self, prepared: Prepared) -> list[Outcome]:
         """One model call for every image still pending, then one outcome per input, in order."""

@@ -157,6 +157,16 @@ class FMPredictor:
             raise PayloadTooLarge(f"{pixels.shape[0]} images in one request, the limit is {limit}")
         return pixels
 
+    def scale_pixels(self, images: np.ndarray) -> np.ndarray:
+        """``n x 28 x 28`` raw pixel values (0-255, or 0-1 per image) as uint8, checked in one pass.
+
+        For callers that gather the images of many requests (the predict handler); no per-request
+        image limit applies here.
+        """
+        if images.ndim != 3 or images.shape[1:] != (SIDE, SIDE):
+            raise InvalidRequest(f"expected n x 28 x 28 pixels, got {images.shape}", code="invalid_shape")
+        return self._scaled(images, range(len(images)))
+
     def _array_batch(self, arr: np.ndarray) -> np.ndarray:
         shape = arr.shape
         if shape in ((SIDE, SIDE), (SIDE, SIDE, 1), (PIXELS,)):
