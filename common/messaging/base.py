@@ -200,8 +200,9 @@ class BasicPublisher(abc.ABC):
         data, attrs = encode_payload(payload, attributes)
         self._validate(data, attrs, key)
         future = self._publish(topic, data, attrs, key or None)
-        # A second of grace lets the client's own, more precise error arrive first.
-        self._watchdog.watch(future, self.publish_timeout_s + 1.0, f"publish to {topic!r}")
+        if not future.done():  # (unbatched publishes and refusals come back already resolved)
+            # A second of grace lets the client's own, more precise error arrive first.
+            self._watchdog.watch(future, self.publish_timeout_s + 1.0, f"publish to {topic!r}")
         return future
 
     def publish_and_wait(

@@ -84,6 +84,12 @@ class KafkaPublisher(BasicPublisher):
             raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from exc
 
     def _validate(self, data: bytes, attributes: dict[str, str], key: str | None) -> None:
+        # A generous bound first (UTF-8 is at most 4 bytes a character, record framing and header
+        # varints well under 256 + 16 a header), so the exact estimate, pure Python and a few
+        # microseconds, runs only for messages that may be near the limit.
+        chars = len(key or "") + sum(len(k) + len(v) for k, v in attributes.items())
+        if len(data) + 4 * chars + 256 + 16 * len(attributes) <= self.max_message_bytes:
+            return
         # The producer's own estimate (record batch framing included), checked before anything is queued.
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
             key.encode("utf-8") if key else None, data, to_headers(attributes)
