@@ -39,7 +39,6 @@ from common.messaging.base import BasicPublisher, Message
 from common.messaging.kafka.listener import KafkaListener
 from common.predict_handler import (
     Envelope,
-    Outcome,
     PredictHandler,
     Prepared,
     acknowledged,
@@ -186,9 +185,10 @@ class KafkaPredictAdapter:
         except BaseException as exc:
             done.set_exception(exc)
             return
-        acks.add_done_callback(lambda f: self._acknowledged(f, outcomes, started, done))
+        records, errors = len(outcomes), sum(not o.ok for o in outcomes)  # not the outcomes: they may be big
+        acks.add_done_callback(lambda f: self._acknowledged(f, records, errors, started, done))
 
-    def _acknowledged(self, acks: Future[list[str]], outcomes: list[Outcome], started: float,
+    def _acknowledged(self, acks: Future[list[str]], records: int, errors: int, started: float,
                       done: Future[None]) -> None:
         """Runs on the producer's thread once a batch's publishes all resolved."""
         failure = acks.exception()
@@ -198,10 +198,9 @@ class KafkaPredictAdapter:
             done.set_exception(failure)
             return
         self.batches += 1
-        self.records += len(outcomes)
+        self.records += records
         elapsed_ms = (time.monotonic() - started) * 1000
-        fields = {"records": len(outcomes), "errors": sum(not o.ok for o in outcomes),
-                  "batch_ms": round(elapsed_ms, 1)}
+        fields = {"records": records, "errors": errors, "batch_ms": round(elapsed_ms, 1)}
         if elapsed_ms > self.max_poll_interval_ms / 2:
             # Half of max.poll.interval.ms gone in one batch: the group may soon evict this member.
             log.warning("slow batch: lower --max-batch", extra={"json_fields": {

@@ -20,6 +20,7 @@ import itertools
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -116,6 +117,11 @@ def set_exception(future: Future[str], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+def _settled(ref: weakref.ref[Future[str]]) -> bool:
+    future = ref()
+    return future is None or future.done()
+
+
 class _DeadlineWatchdog:
     """One daemon thread that fails publish futures still pending at their deadline.
 
@@ -124,7 +130,9 @@ class _DeadlineWatchdog:
     """
 
     def __init__(self, name: str) -> None:
-        self._heap: list[tuple[float, int, Future[str], str]] = []
+        # Weak references: a future the caller has let go of is nobody's concern any more, and a
+        # resolved one must not be kept alive (with its callbacks and what they hold) until its deadline.
+        self._heap: list[tuple[float, int, weakref.ref[Future[str]], str]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -135,7 +143,7 @@ class _DeadlineWatchdog:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             first = not self._heap or deadline < self._heap[0][0]
-            heapq.heappush(self._heap, (deadline, next(self._counter), future, what))
+            heapq.heappush(self._heap, (deadline, next(self._counter), weakref.ref(future), what))
             if first:
                 self._cond.notify()
 
@@ -150,9 +158,10 @@ class _DeadlineWatchdog:
         with self._cond:
             while not self._closed:
                 now = time.monotonic()
-                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done()):
-                    _, _, future, what = heapq.heappop(self._heap)
-                    if not future.done():
+                while self._heap and (self._heap[0][0] <= now or _settled(self._heap[0][2])):
+                    _, _, ref, what = heapq.heappop(self._heap)
+                    future = ref()
+                    if future is not None and not future.done():
                         set_exception(future, BrokerUnavailable(f"{what}: no answer from the broker in time"))
                 wait = self._heap[0][0] - now if self._heap else None
                 self._cond.wait(timeout=wait)
