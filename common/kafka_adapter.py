@@ -5,7 +5,8 @@
 
 Each Kafka record is wrapped in the very CloudEvent shape Pub/Sub delivers to the Cloud Function
 (:func:`common.predict_handler.event_from_envelope`) and goes through the same
-:meth:`PredictHandler.handle_events` the function's entry point calls; only the transport differs:
+:meth:`PredictHandler.handle_events` the function's entry point calls, in its two halves
+(``prepare_events`` here, ``finish`` on the model thread); only the transport differs:
 
 * Records are gathered into micro-batches of up to ``--max-batch`` records or ``--max-wait-ms``
   after the first one, and every image of a batch goes through one model call, on a model thread:
@@ -16,7 +17,7 @@ Each Kafka record is wrapped in the very CloudEvent shape Pub/Sub delivers to th
   redelivered request yields the same result under the same request id).
 * A batch must finish within ``max.poll.interval.ms``, so batches are bounded, and the model is
   loaded before joining the group (a first batch is not slowed by the download).
-* SIGTERM or SIGINT: the current batch is finished and committed, the member leaves the group,
+* SIGTERM or SIGINT: the batches in hand are finished and committed, the member leaves the group,
   and the process exits 0.
 
 Options not given on the command line come from the environment (``common.settings``).
