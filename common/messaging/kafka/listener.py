@@ -312,6 +312,7 @@ class KafkaListener(BasicListener):
         with self._lock:
             self._assigned = set()
         self._attempts.clear()
+        self._finished.clear()  # a later listen() must not re-send positions others may have passed
 
     def _poll(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Any]]:
         polled: dict[TopicPartition, list[Any]] = self._consumer.poll(
