@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_predict.py [--model-dir models/fashion-cnn] [--repeats 5]
 
 Cold start is what a serverless user feels: a new process that imports the predictor, loads the
-model from its folder and answers one image. It is measured from outside (spawn to answer, with
+model (from its folder, and from ``gs://`` on the Cloud Storage emulator, downloaded into an empty
+cache each time) and answers one image. It is measured from outside (spawn to answer, with
 the interpreter's own start-up) and inside (from the first line of the child to the answer).
 Throughput runs on real Fashion-MNIST test images through ``FMPredictor.predict``, so it includes
 input checks and result formatting, not only the interpreter. The handler figures add contract
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ import numpy as np  # noqa: E402
 
 from common.predictor import FMPredictor  # noqa: E402
 from common.settings import DEFAULT_MODEL_URI, Settings  # noqa: E402
+from devservices import StorageEmulator  # noqa: E402
+from pipeline.local_run import upload_model  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
@@ -49,14 +54,20 @@ print(f"{{t1 - t0:.4f}} {{t2 - t0:.4f}}")
 """
 
 
-def cold_start(model: str, runtime: str, repeats: int) -> dict[str, float]:
-    """Median seconds over ``repeats`` new processes: spawn-to-answer and inside-the-child."""
+def cold_start(model: str, runtime: str, repeats: int, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Median seconds over ``repeats`` new processes: spawn-to-answer and inside-the-child.
+
+    For a ``gs://`` model each process gets an empty model cache, so each one downloads the model.
+    """
     outside, inside, imports = [], [], []
     code = _CHILD.format(repo=str(REPO), model=model, runtime=runtime)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        outside.append(time.perf_counter() - start)
+        with tempfile.TemporaryDirectory(prefix="bench-cold-") as cache:
+            child_env = {**os.environ, **(env or {}), "MODEL_CACHE_DIR": cache}
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 env=child_env)
+            outside.append(time.perf_counter() - start)
         t_import, t_first = (float(v) for v in out.stdout.split()[-2:])
         imports.append(t_import)
         inside.append(t_first)
@@ -125,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_keras:
         results["cold_start"]["keras"] = cold_start(args.model_dir, "keras", max(1, args.repeats // 2))
         print("cold start keras: ", results["cold_start"]["keras"])
+    # What a Cloud Function instance does: fetch the model from Cloud Storage (here the emulator) first.
+    with StorageEmulator() as storage:
+        os.environ.update(storage.env())  # for the upload from this process
+        uri = upload_model(Path(args.model_dir), "bench-project")
+        env = {**storage.env(), "GOOGLE_CLOUD_PROJECT": "bench-project"}
+        row = cold_start(uri, "litert", args.repeats, env)
+        results["cold_start"]["litert_from_storage_emulator"] = row
+        print("cold start litert, model from the storage emulator:", row)
+        if not args.skip_keras:
+            row = cold_start(uri, "keras", max(1, args.repeats // 2), env)
+            results["cold_start"]["keras_from_storage_emulator"] = row
+            print("cold start keras, model from the storage emulator: ", row)
     settings = Settings.from_env({}, max_images_per_request=256)
     predictor = FMPredictor(args.model_dir, settings=settings)
     predictor.load()
