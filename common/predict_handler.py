@@ -181,9 +181,13 @@ class Prepared:
     """A batch between :meth:`PredictHandler.prepare` and :meth:`PredictHandler.finish`: inputs
     already answered (rejected) and inputs waiting for the model, both keyed by input position."""
 
-    count: int
     outcomes: dict[int, Outcome]
     pending: dict[int, _Pending]
+
+    @property
+    def count(self) -> int:
+        """How many inputs the batch had: each one is either answered already or pending."""
+        return len(self.outcomes) + len(self.pending)
 
 
 class PredictHandler:
@@ -216,7 +220,7 @@ class PredictHandler:
         if not rejected:
             return prepared
         position = [i for i in range(len(events)) if i not in rejected]  # envelope j came from event position[j]
-        return Prepared(len(events), {**rejected, **{position[j]: o for j, o in prepared.outcomes.items()}},
+        return Prepared({**rejected, **{position[j]: o for j, o in prepared.outcomes.items()}},
                         {position[j]: p for j, p in prepared.pending.items()})
 
     def prepare(self, envelopes: Sequence[Envelope]) -> Prepared:
@@ -245,7 +249,7 @@ class PredictHandler:
                 outcomes[i] = self._failed(exc, envelope, request)
         if raw:
             self._scale_together([pending[i] for i in raw])
-        return Prepared(len(envelopes), outcomes, pending)
+        return Prepared(outcomes, pending)
 
     def _scale_together(self, batch: list[_Pending]) -> None:
         """Scale the pixel arrays of many requests in one numpy pass (per request it was a third of
